@@ -1,0 +1,62 @@
+"""The one exception tree of tartapefs.
+
+Every error the project raises on purpose derives from :class:`TartapeError`.
+Adapters translate it at exactly one place each: the CLIs print ``str(err)`` as
+one line and exit non-zero, the FUSE layer answers ``EIO``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TartapeError(Exception):
+    """Root of every error tartapefs raises on purpose."""
+
+
+class UsageError(TartapeError):
+    """The caller asked for something that cannot be done (bad path, bad offset...)."""
+
+
+class IndexError_(TartapeError):
+    """Base for problems with an index file."""
+
+
+class IndexMissingError(IndexError_):
+    """No index exists where one was looked for."""
+
+
+class IndexCorruptError(IndexError_):
+    """The file is not a readable tartapefs index (damaged, truncated or foreign)."""
+
+
+class IndexVersionError(IndexError_):
+    """The index was written by a different (usually newer) index format version."""
+
+
+class IndexSourceMismatchError(IndexError_):
+    """The index was recorded from another source folder than the one given."""
+
+
+class MemberNotFoundError(UsageError):
+    """No member of the tape has the requested name."""
+
+
+class SourceChangedError(TartapeError):
+    """A source file no longer matches what the index recorded for its member.
+
+    ``member`` is the member's name in the archive (str, undecodable bytes
+    escaped), ``reason`` a short human explanation ("size 10 -> 12 bytes").
+    """
+
+    def __init__(self, member: str, reason: str) -> None:
+        super().__init__(f"{member}: source changed since recording ({reason})")
+        self.member = member
+        self.reason = reason
+
+
+def show_path(path: bytes | str) -> str:
+    """A path for messages: str as is, bytes decoded with undecodable bytes escaped."""
+    if isinstance(path, str):
+        return path
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
