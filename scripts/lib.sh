@@ -1,0 +1,86 @@
+# Shared set-up for scripts/test, scripts/demo and scripts/bench: sourced, never run.
+#
+# Each function is idempotent (a second call on a ready machine does nothing and prints
+# nothing) and loud on failure: the captured output of the failing command is printed whole,
+# because a CI log that only says "exit 100" is useless.
+
+# The repository root, whatever the caller's working directory.
+TT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# What the project needs from Debian: FUSE 3 and its headers (pyfuse3 is built from source
+# against them), and the real readers the mount tests and the demo drive: GNU tar, bsdtar,
+# rsync, rclone, and systemd-analyze to check the unit file.
+TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar systemd)
+
+# Minimum Python for the virtualenv (pyproject.toml says requires-python >= 3.11).
+TT_PYTHON_MIN=(3 11)
+
+tt_die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# Runs a command with its output captured; prints that output only if the command fails.
+tt_quiet() {
+    local log rc=0
+    log=$(mktemp)
+    "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "error: '$*' failed with exit $rc; its output:" >&2
+        cat "$log" >&2
+        rm -f "$log"
+        exit "$rc"
+    fi
+    rm -f "$log"
+}
+
+# Installs the Debian packages that are missing, and only those.
+tt_apt_setup() {
+    local missing=() pkg
+    for pkg in "${TT_APT_PACKAGES[@]}"; do
+        # dpkg-query is true for removed-but-configured packages too, so check the status.
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || tt_die "missing Debian packages (${missing[*]}); install them as root"
+    echo "installing Debian packages: ${missing[*]}" >&2
+    # The package lists of a fresh machine may be empty or stale: update once, before installing.
+    tt_quiet env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    tt_quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
+}
+
+# Finds a python3 that is at least TT_PYTHON_MIN; prints its path.
+tt_find_python() {
+    local candidate
+    for candidate in python3 python3.13 python3.12 python3.11; do
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] < tuple(map(int, sys.argv[1:])))' \
+            "${TT_PYTHON_MIN[@]}" 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    tt_die "no python3 >= ${TT_PYTHON_MIN[0]}.${TT_PYTHON_MIN[1]} found on PATH"
+}
+
+# Creates REPO/.venv and installs the project editable with its fuse and test extras.
+# The install is redone only when pyproject.toml changes (a stamp holds its hash); the package
+# itself is editable, so source changes need no reinstall.
+tt_venv_setup() {
+    local venv="$TT_REPO/.venv" stamp want python
+    stamp="$venv/.tartapefs-installed"
+    want=$(sha256sum "$TT_REPO/pyproject.toml" | cut -d' ' -f1)
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        python=$(tt_find_python)
+        tt_quiet "$python" -m venv "$venv"
+    fi
+    tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$TT_REPO[fuse,test]"
+    echo "$want" >"$stamp"
+}
