@@ -1,0 +1,16 @@
+"""tartapefs: a folder presented as a TAR archive that is never written.
+
+The archive's bytes are a pure function of a recorded index plus the unchanged
+source files, so its size and every offset are known before a byte is read.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import SourceChangedError as SourceChangedError  # noqa: E402
+from .errors import TartapeError as TartapeError  # noqa: E402
+from .reader import TapeReader as TapeReader  # noqa: E402
+from .stream import TapePlayer as TapePlayer  # noqa: E402
+from .tape import Tape as Tape  # noqa: E402
+from .tape import TapeRecorder as TapeRecorder  # noqa: E402
+
+__all__ = ["SourceChangedError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "__version__"]

@@ -1,0 +1,242 @@
+"""The bytes of one TAR member: ustar header, plus a PAX extended header when needed.
+
+Pure functions, no I/O. Rules (DESIGN.md, "The bytes"):
+
+* Every member gets one 512-byte ustar block. A PAX extended header (a 512-byte
+  ustar block of type ``x`` followed by its records, padded to 512) is put in
+  front of it *only* for what ustar cannot hold: a name that does not fit in
+  ``prefix``/``name``, a link target over 100 bytes, a size >= 8 GiB, an mtime
+  outside 0 .. 8**11-1, ids or owner names that do not fit.
+* Names are raw bytes. Non-UTF-8 names that fit go into the ustar fields as they
+  are; a PAX ``path``/``linkpath`` that is not valid UTF-8 is marked with
+  ``hdrcharset=BINARY``.
+* Everything is deterministic: the PAX header's own name derives from the
+  member's name only, and its mtime is 0.
+* A numeric field that moved into PAX is written as 0 in the ustar block.
+
+Each encoder has a size function: ``len(encode_header(h)) == header_size(h)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BLOCK = 512
+FOOTER = bytes(2 * BLOCK)
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"
+KINDS = (FILE, DIR, SYMLINK, HARDLINK)
+
+_TYPEFLAG = {FILE: b"0", HARDLINK: b"1", SYMLINK: b"2", DIR: b"5"}
+
+_NAME_MAX = 100
+_PREFIX_MAX = 155
+_OWNER_MAX = 32
+_MAX_OCT8 = 8**7 - 1  # 7 octal digits + NUL in an 8-byte field
+_MAX_OCT12 = 8**11 - 1  # 11 octal digits + NUL in a 12-byte field: sizes up to 8 GiB - 1
+_PAX_DIR = b"PaxHeaders/"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Everything that decides a member's header bytes.
+
+    ``name`` is the archive name (directories end in ``b"/"``), ``size`` the
+    body length in bytes (0 unless ``kind == FILE``), ``mode`` the permission
+    bits (``0o7777``), ``mtime`` whole seconds since the epoch (may be
+    negative), ``linkname`` the symlink target or hard-link target name.
+    """
+
+    name: bytes
+    kind: str
+    size: int = 0
+    mode: int = 0o644
+    mtime: int = 0
+    linkname: bytes = b""
+    uid: int = 0
+    gid: int = 0
+    uname: bytes = b""
+    gname: bytes = b""
+
+
+def padding(size: int) -> int:
+    """Zero bytes after a body of ``size`` bytes, up to the next 512-byte block."""
+    return -size % BLOCK
+
+
+def header_size(h: Header) -> int:
+    """Length in bytes of ``encode_header(h)``: 512, or more with a PAX header."""
+    if _fits_ustar(h):
+        return BLOCK
+    data = _pax_data(h)
+    return 2 * BLOCK + len(data) + padding(len(data))
+
+
+def member_size(h: Header) -> int:
+    """Bytes the whole member takes on the tape: header(s), body and padding."""
+    return header_size(h) + h.size + padding(h.size)
+
+
+def encode_header(h: Header) -> bytes:
+    """The header block(s) of one member: bytes up to the first body byte."""
+    if _fits_ustar(h):
+        prefix, name = _split_name(h.name)
+        return _ustar(h, name, prefix, h.linkname)
+    data = _pax_data(h)
+    pax_block = _ustar_block(
+        name=_pax_header_name(h.name),
+        prefix=b"",
+        mode=0o644,
+        uid=0,
+        gid=0,
+        size=len(data),
+        mtime=0,
+        typeflag=b"x",
+        linkname=b"",
+        uname=b"",
+        gname=b"",
+    )
+    split = _split_name(h.name)
+    prefix, name = split if split is not None else (b"", h.name[:_NAME_MAX])
+    linkname = h.linkname if len(h.linkname) <= _NAME_MAX else h.linkname[:_NAME_MAX]
+    return pax_block + data + bytes(padding(len(data))) + _ustar(h, name, prefix, linkname)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    """One PAX record ``"<len> <key>=<value>\\n"`` whose length counts its own digits."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + len(str(len(body)))
+    if len(str(length)) > len(str(len(body))):  # adding the digits added a digit
+        length = len(body) + len(str(length))
+    return b"%d%s" % (length, body)
+
+
+def _fits_ustar(h: Header) -> bool:
+    return (
+        (len(h.name) <= _NAME_MAX or _split_name(h.name) is not None)
+        and len(h.linkname) <= _NAME_MAX
+        and 0 <= h.size <= _MAX_OCT12
+        and 0 <= h.mtime <= _MAX_OCT12
+        and 0 <= h.uid <= _MAX_OCT8
+        and 0 <= h.gid <= _MAX_OCT8
+        and len(h.uname) <= _OWNER_MAX
+        and len(h.gname) <= _OWNER_MAX
+    )
+
+
+def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """``(prefix, name)`` for the ustar fields, or None when the name cannot fit.
+
+    The split is at a ``/`` so that ``prefix + "/" + name`` is the full name;
+    the rightmost split that leaves a non-empty name of <= 100 bytes is used.
+    """
+    if len(name) <= _NAME_MAX:
+        return b"", name
+    # The rightmost "/" that leaves a prefix of <= 155 bytes and a non-empty
+    # name part (a directory's trailing "/" stays in the name part).
+    cut = name.rfind(b"/", 0, min(len(name) - 1, _PREFIX_MAX + 1))
+    if cut <= 0 or len(name) - cut - 1 > _NAME_MAX:
+        return None
+    return name[:cut], name[cut + 1 :]
+
+
+def _pax_data(h: Header) -> bytes:
+    records = []
+    binary = False
+    if len(h.name) > _NAME_MAX and _split_name(h.name) is None:
+        records.append(pax_record(b"path", h.name))
+        binary |= not _is_utf8(h.name)
+    if len(h.linkname) > _NAME_MAX:
+        records.append(pax_record(b"linkpath", h.linkname))
+        binary |= not _is_utf8(h.linkname)
+    if not 0 <= h.size <= _MAX_OCT12:
+        records.append(pax_record(b"size", b"%d" % h.size))
+    if not 0 <= h.mtime <= _MAX_OCT12:
+        records.append(pax_record(b"mtime", b"%d" % h.mtime))
+    if not 0 <= h.uid <= _MAX_OCT8:
+        records.append(pax_record(b"uid", b"%d" % h.uid))
+    if not 0 <= h.gid <= _MAX_OCT8:
+        records.append(pax_record(b"gid", b"%d" % h.gid))
+    if len(h.uname) > _OWNER_MAX:
+        records.append(pax_record(b"uname", h.uname))
+        binary |= not _is_utf8(h.uname)
+    if len(h.gname) > _OWNER_MAX:
+        records.append(pax_record(b"gname", h.gname))
+        binary |= not _is_utf8(h.gname)
+    if binary:
+        # Readers must learn the charset before the records it applies to.
+        records.insert(0, pax_record(b"hdrcharset", b"BINARY"))
+    return b"".join(records)
+
+
+def _pax_header_name(name: bytes) -> bytes:
+    """A deterministic name for the PAX block: ``PaxHeaders/<last component>``."""
+    base = name.rstrip(b"/").rsplit(b"/", 1)[-1]
+    return (_PAX_DIR + base)[:_NAME_MAX]
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ustar(h: Header, name: bytes, prefix: bytes, linkname: bytes) -> bytes:
+    def clamp(value: int, limit: int) -> int:
+        return value if 0 <= value <= limit else 0  # the real value is in the PAX header
+
+    return _ustar_block(
+        name=name,
+        prefix=prefix,
+        mode=h.mode & 0o7777,
+        uid=clamp(h.uid, _MAX_OCT8),
+        gid=clamp(h.gid, _MAX_OCT8),
+        size=clamp(h.size, _MAX_OCT12),
+        mtime=clamp(h.mtime, _MAX_OCT12),
+        typeflag=_TYPEFLAG[h.kind],
+        linkname=linkname,
+        uname=h.uname[:_OWNER_MAX],
+        gname=h.gname[:_OWNER_MAX],
+    )
+
+
+def _ustar_block(
+    *,
+    name: bytes,
+    prefix: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes,
+    uname: bytes,
+    gname: bytes,
+) -> bytes:
+    block = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            b"%07o\0" % mode,
+            b"%07o\0" % uid,
+            b"%07o\0" % gid,
+            b"%011o\0" % size,
+            b"%011o\0" % mtime,
+            b"        ",  # checksum is computed with this field as spaces
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            b"ustar\x0000",
+            uname.ljust(32, b"\0"),
+            gname.ljust(32, b"\0"),
+            b"0000000\0",  # devmajor
+            b"0000000\0",  # devminor
+            prefix.ljust(155, b"\0"),
+            bytes(12),
+        )
+    )
+    return b"%s%06o\0 %s" % (block[:148], sum(block), block[156:])

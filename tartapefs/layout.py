@@ -1,0 +1,148 @@
+"""Members in order -> where each one sits on the tape. Pure, no I/O.
+
+A tape is the members, each ``header | body | padding``, back to back, then the
+1024-byte footer. A member's offset is the sum of the sizes of those before it,
+so the total size and every offset are known before a byte is produced.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+
+from . import format as fmt
+from .errors import show_path
+
+#: Version of what decides the bytes. Changing the byte rules means a new
+#: version, and so a new fingerprint for the same tree.
+BYTES_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a recorded tape: its header fields, where it sits, and
+    what the integrity check compares the source file against.
+
+    Offsets and sizes are bytes from the start of the tape. ``source`` is the
+    path relative to the source root (``b""`` for the root itself); ``ino`` and
+    ``mtime_ns`` are the recorded ``lstat`` values.
+    """
+
+    header: fmt.Header
+    offset: int
+    header_size: int
+    source: bytes = b""
+    ino: int = 0
+    dev: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def name(self) -> bytes:
+        return self.header.name
+
+    @property
+    def arc_path(self) -> str:
+        """The archive name as text (undecodable bytes escaped), for people."""
+        return show_path(self.header.name)
+
+    @property
+    def kind(self) -> str:
+        return self.header.kind
+
+    @property
+    def size(self) -> int:
+        return self.header.size
+
+    @property
+    def mode(self) -> int:
+        return self.header.mode
+
+    @property
+    def mtime(self) -> int:
+        return self.header.mtime
+
+    @property
+    def linkname(self) -> bytes:
+        return self.header.linkname
+
+    @property
+    def body_offset(self) -> int:
+        return self.offset + self.header_size
+
+    @property
+    def body_end(self) -> int:
+        return self.offset + self.header_size + self.header.size
+
+    @property
+    def end(self) -> int:
+        size = self.header.size
+        return self.offset + self.header_size + size + fmt.padding(size)
+
+    @property
+    def header_range(self) -> tuple[int, int]:
+        """``(start, end)`` of the header bytes, end exclusive."""
+        return self.offset, self.body_offset
+
+    @property
+    def body_range(self) -> tuple[int, int]:
+        """``(start, end)`` of the body bytes, end exclusive (empty for non-files)."""
+        return self.body_offset, self.body_end
+
+
+def archive_name(prefix: bytes, source: bytes, kind: str) -> bytes:
+    """The member's name in the archive: ``prefix/source``, directories ending in ``/``.
+
+    ``source`` is relative to the source root, ``b""`` for the root itself
+    (whose name is ``prefix/``). With an empty prefix the name is ``source``.
+    """
+    if prefix:
+        name = prefix + b"/" + source if source else prefix
+    else:
+        name = source
+    return name + b"/" if kind == fmt.DIR else name
+
+
+def footer_start(total_size: int) -> int:
+    return total_size - len(fmt.FOOTER)
+
+
+class Fingerprint:
+    """SHA-256 over everything that decides the tape's bytes, member by member.
+
+    Two recordings with the same fingerprint produce the same bytes (given
+    unchanged sources): it covers the byte rules' version, every header field,
+    and the total size. It does not cover where the source lies.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(b"tartapefs-bytes-v%d\n" % BYTES_VERSION)
+
+    def add(self, h: fmt.Header) -> None:
+        # NUL cannot occur in a name, a link target or an owner name, so
+        # NUL-separated fields in a fixed order are unambiguous.
+        self._hash.update(
+            b"%s\0%s\0%d\0%d\0%d\0%s\0%d\0%d\0%s\0%s\0"
+            % (
+                h.name,
+                h.kind.encode(),
+                h.size,
+                h.mode,
+                h.mtime,
+                h.linkname,
+                h.uid,
+                h.gid,
+                h.uname,
+                h.gname,
+            )
+        )
+
+    def hexdigest(self, total_size: int) -> str:
+        final = self._hash.copy()
+        final.update(b"total\0%d\0" % total_size)
+        return final.hexdigest()
+
+
+def member_index(offsets: list[int], offset: int) -> int:
+    """Index of the member containing ``offset``, given the members' sorted start offsets."""
+    return bisect.bisect_right(offsets, offset) - 1

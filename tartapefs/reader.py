@@ -1,0 +1,297 @@
+"""The read path: ``read(offset, size)`` -> exactly those bytes of the tape.
+
+Headers are generated from index rows, bodies come from ``os.pread`` on the
+source files, padding and footer are zeros. Theory of operation:
+
+* The member holding ``offset`` is found with one indexed query; the query
+  returns a window of the following members too, so a sequential reader costs
+  one query per window, not per member.
+* A source file is opened relative to the source root with ``openat2`` and
+  ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``: no component may be a symlink, so a
+  directory swapped for a symlink after recording can never lead outside.
+  (Where the kernel lacks openat2, the same is done one component at a time
+  with ``O_NOFOLLOW``.)
+* Before any byte of a regular file's member is served — header or body — its
+  open descriptor is checked with ``fstat`` against the index: type, inode,
+  size, mtime in ns and permission bits. A short ``pread`` is a failure too.
+  Any mismatch raises :class:`SourceChangedError` naming the member; no other
+  bytes are ever returned in their place.
+* Open descriptors are kept in an LRU cache of fixed size.
+
+Directory, symlink and hard-link members have no body: their bytes come from
+the index alone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import os
+import stat
+from collections import OrderedDict
+
+from . import format as fmt
+from .errors import SourceChangedError, UsageError
+from .layout import Member
+
+_WINDOW = 64  # members fetched per index query
+_HEADER_CACHE = 64
+
+
+class TapeReader:
+    """Random access to a tape's bytes. Not thread-safe: one reader per thread.
+
+    ``source_root`` defaults to the folder the tape was recorded from.
+    ``max_open_files`` bounds the descriptors kept open between reads.
+    """
+
+    def __init__(self, tape, source_root: str | None = None, max_open_files: int = 128) -> None:
+        self.tape = tape
+        self.total_size: int = tape.total_size
+        self._footer = tape.total_size - len(fmt.FOOTER)
+        self._index = tape.open_index()
+        root = source_root or tape.source_root
+        try:
+            self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            self._index.close()
+            raise UsageError(f"{root}: cannot open the source folder ({err.strerror})") from None
+        self._max_open = max(1, max_open_files)
+        self._fds: OrderedDict[int, int] = OrderedDict()  # member offset -> fd
+        self._headers: OrderedDict[int, bytes] = OrderedDict()
+        self._window: list[Member] = []
+        self._starts: list[int] = []
+
+    # -- public ----------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``min(size, total_size - offset)`` bytes from ``offset`` (b"" at or past the end).
+
+        Raises :class:`SourceChangedError` when a member in the range no longer
+        matches its source, :class:`UsageError` for a negative offset or size.
+        """
+        if offset < 0 or size < 0:
+            raise UsageError(f"read: negative offset or size ({offset}, {size})")
+        end = min(offset + size, self.total_size)
+        parts = []
+        pos = offset
+        while pos < end:
+            if pos >= self._footer:
+                parts.append(bytes(end - pos))
+                break
+            m = self.member_at(pos)
+            if pos < m.body_offset:
+                stop = min(end, m.body_offset)
+                parts.append(self.header(m)[pos - m.offset : stop - m.offset])
+            elif pos < m.body_end:
+                stop = min(end, m.body_end)
+                parts.append(self.body(m, pos - m.body_offset, stop - pos))
+            else:
+                stop = min(end, m.end)
+                parts.append(bytes(stop - pos))
+            pos = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def member_at(self, offset: int) -> Member:
+        """The member holding ``offset`` (which must be before the footer)."""
+        starts = self._starts
+        if starts and starts[0] <= offset < self._window[-1].end:
+            return self._window[bisect.bisect_right(starts, offset) - 1]
+        self._window = self._index.members_from(offset, _WINDOW)
+        self._starts = [m.offset for m in self._window]
+        return self._window[0]
+
+    def header(self, m: Member) -> bytes:
+        """The header bytes of ``m``; for a regular file, only after its source checks out."""
+        if m.kind == fmt.FILE:
+            self._checked_fd(m)
+        cached = self._headers.get(m.offset)
+        if cached is None:
+            cached = fmt.encode_header(m.header)
+            self._headers[m.offset] = cached
+            if len(self._headers) > _HEADER_CACHE:
+                self._headers.popitem(last=False)
+        return cached
+
+    def body(self, m: Member, start: int, size: int) -> bytes:
+        """``size`` bytes of ``m``'s body from ``start`` (relative to the body), checked."""
+        fd = self._checked_fd(m)
+        data = os.pread(fd, size, start)
+        if len(data) != size:
+            self._forget(m)
+            raise SourceChangedError(
+                m.arc_path, f"short read: {len(data)} of {size} bytes at body offset {start}"
+            )
+        return data
+
+    def check(self, m: Member) -> str | None:
+        """Why ``m`` no longer matches its source, or None if it does. Checks every kind."""
+        try:
+            if m.kind == fmt.FILE:
+                self._checked_fd(m)
+                return None
+            st = self._lstat(m.source)
+            want = {fmt.DIR: stat.S_ISDIR, fmt.SYMLINK: stat.S_ISLNK, fmt.HARDLINK: stat.S_ISREG}[m.kind]
+            if not want(st.st_mode):
+                return f"no longer a {m.kind}"
+            if m.kind == fmt.SYMLINK and self._readlink(m.source) != m.linkname:
+                return "symlink target changed"
+        except SourceChangedError as err:
+            return err.reason
+        except OSError as err:
+            return _open_failure(err)
+        return _mismatch(m, st, check_size=False)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+        self._index.close()
+
+    def __enter__(self) -> TapeReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- source files ----------------------------------------------------
+
+    def _checked_fd(self, m: Member) -> int:
+        fd = self._fds.get(m.offset)
+        if fd is None:
+            try:
+                fd = _open_beneath(self._root_fd, m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as err:
+                raise SourceChangedError(m.arc_path, _open_failure(err)) from None
+            self._fds[m.offset] = fd
+            if len(self._fds) > self._max_open:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(m.offset)
+        reason = _mismatch(m, os.fstat(fd), check_size=True)
+        if reason:
+            self._forget(m)
+            raise SourceChangedError(m.arc_path, reason)
+        return fd
+
+    def _forget(self, m: Member) -> None:
+        fd = self._fds.pop(m.offset, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _lstat(self, source: bytes) -> os.stat_result:
+        if not source:
+            return os.fstat(self._root_fd)
+        parent, _, name = source.rpartition(b"/")
+        fd = self._open_dir(parent)
+        try:
+            return os.lstat(name, dir_fd=fd)
+        finally:
+            _close_dir(fd, self._root_fd)
+
+    def _readlink(self, source: bytes) -> bytes:
+        parent, _, name = source.rpartition(b"/")
+        fd = self._open_dir(parent)
+        try:
+            return os.readlink(name, dir_fd=fd)
+        finally:
+            _close_dir(fd, self._root_fd)
+
+    def _open_dir(self, source: bytes) -> int:
+        if not source:
+            return self._root_fd
+        return _open_beneath(self._root_fd, source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _close_dir(fd: int, root_fd: int) -> None:
+    if fd != root_fd:
+        os.close(fd)
+
+
+def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
+    if check_size and not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
+    if st.st_ino != m.ino:
+        return f"replaced by another file (inode {m.ino} -> {st.st_ino})"
+    if check_size and st.st_size != m.size:
+        return f"size {m.size} -> {st.st_size} bytes"
+    if st.st_mtime_ns != m.mtime_ns:
+        return f"modified (mtime {m.mtime_ns} -> {st.st_mtime_ns} ns)"
+    if stat.S_IMODE(st.st_mode) != m.mode:
+        return f"permissions {m.mode:04o} -> {stat.S_IMODE(st.st_mode):04o}"
+    return None
+
+
+def _open_failure(err: OSError) -> str:
+    if err.errno == errno.ENOENT:
+        return "deleted"
+    if err.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        return "a path component is now a symlink or not a directory"
+    return f"cannot open ({err.strerror})"
+
+
+# -- openat2 ---------------------------------------------------------------
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_PATH_MAX = 4096
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _syscall = _libc.syscall
+    _syscall.restype = ctypes.c_long
+    _have_openat2 = True
+except (OSError, AttributeError):
+    _have_openat2 = False
+
+
+def _open_beneath(root_fd: int, source: bytes, flags: int) -> int:
+    """Open ``source`` (relative) below ``root_fd`` without following any symlink.
+
+    Raises OSError: ELOOP when a component is a symlink, ENOENT when missing.
+    """
+    global _have_openat2
+    if _have_openat2 and len(source) < _PATH_MAX:
+        how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+        fd = _syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_long(root_fd),
+            ctypes.c_char_p(source),
+            ctypes.byref(how),
+            ctypes.c_long(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return fd
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EPERM):  # EPERM: blocked by a seccomp filter
+            raise OSError(code, os.strerror(code), os.fsdecode(source))
+        _have_openat2 = False
+    return _open_by_components(root_fd, source, flags)
+
+
+def _open_by_components(root_fd: int, source: bytes, flags: int) -> int:
+    parts = source.split(b"/")
+    dir_fd = root_fd
+    try:
+        for part in parts[:-1]:
+            if part in (b"", b".", b".."):
+                raise OSError(errno.EXDEV, "path leaves the source folder", os.fsdecode(source))
+            fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            if dir_fd != root_fd:
+                os.close(dir_fd)
+            dir_fd = fd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        if dir_fd != root_fd:
+            os.close(dir_fd)

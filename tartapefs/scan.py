@@ -1,0 +1,145 @@
+"""Walk a source folder once: lstat only, deterministic order, nothing followed.
+
+Order: depth first, each directory's entries sorted by their name's bytes, a
+directory immediately followed by its contents (as ``tar -cf`` lists them).
+Directories are opened relative to their parent's descriptor with
+``O_NOFOLLOW``, so the walk never leaves the tree and never hits PATH_MAX,
+however deep the tree is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import format as fmt
+from .errors import UsageError, show_path
+
+log = logging.getLogger("tartapefs")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One thing found in the source. ``source`` is relative to the root
+    (``b""`` for the root), ``linkname`` the symlink target, or for a hard
+    link the ``source`` of the first path of its inode."""
+
+    source: bytes
+    kind: str
+    st: os.stat_result
+    linkname: bytes = b""
+
+
+class Excluder:
+    """``--exclude GLOB`` as GNU tar applies it: a pattern matches the relative
+    path or any single name in it; a matching directory is skipped whole."""
+
+    def __init__(self, patterns: list[str] | tuple[str, ...]) -> None:
+        self._patterns = [os.fsencode(p).rstrip(b"/") for p in patterns]
+
+    def __call__(self, source: bytes, name: bytes) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(source, p) for p in self._patterns)
+
+
+def walk(
+    root: str,
+    exclude: Callable[[bytes, bytes], bool] | None = None,
+    skip: Callable[[bytes], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Entry]:
+    """Yield the root directory, then everything below it, in tape order.
+
+    ``exclude(source, name)`` and ``skip(source)`` leave entries out (skip is
+    for tartapefs' own files, silently). Sockets, FIFOs and device nodes are
+    left out with a warning. ``progress(count)`` is called every 4096 entries.
+    Raises :class:`UsageError` when the root is not a readable directory.
+    """
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"{root}: no such directory") from None
+    except NotADirectoryError:
+        raise UsageError(f"{root}: not a directory") from None
+    except PermissionError:
+        raise UsageError(f"{root}: permission denied") from None
+    first_inode: dict[tuple[int, int], bytes] = {}
+    count = 0
+    # (directory fd, its source path, its remaining names in reverse order)
+    stack: list[tuple[int, bytes, list[bytes]]] = []
+    try:
+        yield Entry(b"", fmt.DIR, os.fstat(root_fd))
+        stack.append((root_fd, b"", _sorted_names(root_fd, b"")))
+        root_fd = -1  # owned by the stack now
+        while stack:
+            dir_fd, dir_source, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(dir_fd)
+                continue
+            name = names.pop()
+            source = dir_source + b"/" + name if dir_source else name
+            if (skip and skip(source)) or (exclude and exclude(source, name)):
+                continue
+            try:
+                st = os.lstat(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # vanished between listing and lstat: not part of this recording
+            count += 1
+            if progress and count % 4096 == 0:
+                progress(count)
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in first_inode:
+                        yield Entry(source, fmt.HARDLINK, st, first_inode[key])
+                        continue
+                    first_inode[key] = source
+                yield Entry(source, fmt.FILE, st)
+            elif stat.S_ISDIR(mode):
+                yield Entry(source, fmt.DIR, st)
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as err:
+                    raise UsageError(f"{show_path(source)}: cannot open directory ({err.strerror})") from None
+                stack.append((fd, source, _sorted_names(fd, source)))
+            elif stat.S_ISLNK(mode):
+                yield Entry(source, fmt.SYMLINK, st, os.readlink(name, dir_fd=dir_fd))
+            else:
+                log.warning("%s: skipped, tar cannot carry a %s", show_path(source), _kind_name(mode))
+        if progress:
+            progress(count)
+    finally:
+        if root_fd >= 0:
+            os.close(root_fd)
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _sorted_names(dir_fd: int, source: bytes) -> list[bytes]:
+    """The directory's names, sorted descending so that ``pop()`` gives them in order."""
+    try:
+        with os.scandir(dir_fd) as it:
+            names = [os.fsencode(entry.name) for entry in it]
+    except OSError as err:
+        raise UsageError(f"{show_path(source) or '.'}: cannot list directory ({err.strerror})") from None
+    names.sort(reverse=True)
+    return names
+
+
+def _kind_name(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "file of unknown type"

@@ -1,0 +1,36 @@
+-- tartapefs index, format version 1.
+--
+-- One file per recorded tape. It is built in a temporary file next to its final
+-- place and renamed over it, so a reader sees either the old index or the new
+-- one, never half of one; an open connection keeps reading the file it opened.
+
+-- Tape metadata, one row per key: format, format_version, bytes_version,
+-- total_size, member_count, fingerprint, mtime, source_root, prefix,
+-- keep_owner, exclude (JSON list), created_by.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+
+-- One row per archive member, in tape order.
+--
+-- The primary key is the byte offset of the member's first header byte.
+-- Offsets grow with tape order and every member is at least 512 bytes, so they
+-- are unique, and "which member holds byte X" is one descent of the table's own
+-- B-tree: the row with the largest offset <= X. No separate index is needed.
+CREATE TABLE members (
+    offset      INTEGER PRIMARY KEY,
+    header_size INTEGER NOT NULL,  -- bytes of ustar (+ PAX) header before the body
+    kind        INTEGER NOT NULL,  -- tar typeflag digit: 0 file, 1 hard link, 2 symlink, 5 directory
+    source      BLOB    NOT NULL,  -- path relative to the source root, raw bytes; '' = the root
+    size        INTEGER NOT NULL,  -- body bytes (0 unless a regular file)
+    mode        INTEGER NOT NULL,  -- permission bits (st_mode & 0o7777)
+    mtime_ns    INTEGER NOT NULL,  -- lstat st_mtime_ns; the header holds floor(mtime_ns / 1e9)
+    linkname    BLOB,              -- symlink target, or the archive name a hard link points to
+    ino         INTEGER NOT NULL,  -- lstat st_ino, checked before serving a body
+    dev         INTEGER NOT NULL,  -- lstat st_dev, groups hard links at record time
+    uid         INTEGER,           -- owner fields: NULL when anonymized (uid/gid 0, no names)
+    gid         INTEGER,
+    uname       BLOB,
+    gname       BLOB
+);

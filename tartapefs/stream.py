@@ -1,0 +1,100 @@
+"""The tape as a stream of events, from any byte offset (the seed project's API).
+
+``TapePlayer(tape).play(start_offset=k)`` yields, for each member from the one
+holding byte ``k``: ``file_start``, one or more ``file_data`` (the raw archive
+bytes: header, body chunks, padding), ``file_end`` with the MD5 of the member's
+body; after the last member, ``file_data`` with the footer and
+``tape_completed``. The ``file_data`` bytes together are exactly the archive
+from byte ``k`` — also when ``k`` falls inside the footer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import format as fmt
+from .errors import UsageError
+from .layout import Member
+from .reader import TapeReader
+
+FILE_START = "file_start"
+FILE_DATA = "file_data"
+FILE_END = "file_end"
+TAPE_COMPLETED = "tape_completed"
+
+
+@dataclass(frozen=True, slots=True)
+class EventMetadata:
+    """``start_offset``/``end_offset``: the member's first and past-the-end tape
+    offsets (bytes); ``resumed``: the stream started inside this member;
+    ``md5sum``: hex MD5 of the member's body (empty for directories and links),
+    None when resumed."""
+
+    start_offset: int | None = None
+    end_offset: int | None = None
+    resumed: bool = False
+    md5sum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TapeEvent:
+    type: str
+    entry: Member | None = None
+    data: bytes = b""
+    metadata: EventMetadata | None = None
+
+
+class TapePlayer:
+    """Plays a tape as events. ``source_root`` defaults to the recorded folder."""
+
+    def __init__(self, tape, source_root: str | None = None, max_open_files: int = 16) -> None:
+        self.tape = tape
+        self.source_root = source_root
+        self.max_open_files = max_open_files
+
+    def play(self, start_offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[TapeEvent]:
+        """Events from byte ``start_offset`` (0 <= start_offset <= total_size).
+
+        Raises :class:`SourceChangedError` (naming the member) when a source
+        file changed since recording; the stream stops there.
+        """
+        total = self.tape.total_size
+        if not 0 <= start_offset <= total:
+            raise UsageError(f"start offset {start_offset} is outside the tape (0 to {total} bytes)")
+        if chunk_size <= 0:
+            raise UsageError(f"chunk size must be positive, not {chunk_size}")
+        footer = total - len(fmt.FOOTER)
+        with TapeReader(self.tape, self.source_root, self.max_open_files) as reader:
+            if start_offset < footer:
+                for member in self.tape.members(start_offset):
+                    yield from self._member(reader, member, max(start_offset, member.offset), chunk_size)
+            yield TapeEvent(FILE_DATA, data=bytes(total - max(start_offset, footer)))
+            yield TapeEvent(TAPE_COMPLETED)
+
+    def _member(self, reader: TapeReader, m: Member, pos: int, chunk_size: int) -> Iterator[TapeEvent]:
+        resumed = pos > m.offset
+        yield TapeEvent(FILE_START, m, metadata=EventMetadata(start_offset=m.offset, resumed=resumed))
+        digest = None if resumed else hashlib.md5(usedforsecurity=False)
+        if pos < m.body_offset:
+            yield TapeEvent(FILE_DATA, m, reader.header(m)[pos - m.offset :])
+            pos = m.body_offset
+        while pos < m.body_end:
+            data = reader.body(m, pos - m.body_offset, min(chunk_size, m.body_end - pos))
+            if digest is not None:
+                digest.update(data)
+            yield TapeEvent(FILE_DATA, m, data)
+            pos += len(data)
+        if pos < m.end:
+            yield TapeEvent(FILE_DATA, m, bytes(m.end - pos))
+        yield TapeEvent(
+            FILE_END,
+            m,
+            metadata=EventMetadata(
+                start_offset=m.offset,
+                end_offset=m.end,
+                resumed=resumed,
+                md5sum=digest.hexdigest() if digest is not None else None,
+            ),
+        )
