@@ -50,7 +50,7 @@ class SourceChangedError(TartapeError):
     """
 
     def __init__(self, member: str, reason: str) -> None:
-        super().__init__(f"{member}: source changed since recording ({reason})")
+        super().__init__(f"{member}: source changed since recording: {reason}")
         self.member = member
         self.reason = reason
 

@@ -1,0 +1,225 @@
+"""``tartape``: record, stream, list, locate and verify tapes from the shell.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit:
+:func:`run_main` is the one place that translates exceptions for both
+command-line programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from .errors import TartapeError, UsageError, show_path
+from .reader import TapeReader
+from .tape import Tape, TapeRecorder, open_or_record
+
+_CHUNK = 1 << 20
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), not usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body; turn every expected failure into one line and an exit code."""
+    try:
+        return body()
+    except TartapeError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        where = f"{show_path(err.filename)}: " if err.filename else ""
+        print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def setup_logging(prog: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    root = logging.getLogger("tartapefs")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def progress_printer(prog: str) -> Callable[[int], None] | None:
+    """A scan progress line on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(count: int) -> None:
+        print(f"\r{prog}: scanned {count} entries", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging("tartape")
+    code = run_main("tartape", lambda: args.run(args))
+    sys.stderr.flush()
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="tartape", description="A folder as a TAR archive that is never written.")
+    parser.add_argument("--version", action="version", version=f"tartape {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("src", metavar="SRC", help="the source folder")
+        p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
+        p.set_defaults(run=run)
+        return p
+
+    p = command("record", _record, "walk SRC once and write its index")
+    p.add_argument("--prefix", metavar="NAME", help="what member names start with (default: the folder's name; '' for none)")
+    p.add_argument("--keep-owner", action="store_true", help="keep real uid/gid and owner names")
+    p.add_argument("--exclude", metavar="GLOB", action="append", default=[], help="leave out matching paths (repeatable)")
+
+    p = command("stream", _stream, "write the archive (to stdout, or -o FILE); records first if there is no index")
+    p.add_argument("--start-offset", metavar="N", type=int, default=0, help="start at byte N (resume)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+
+    command("ls", _ls, "list members: offset, size, name")
+    p = command("locate", _locate, "byte ranges of a member's header and body")
+    p.add_argument("member", metavar="MEMBER", help="member name as in the archive")
+    command("verify", _verify, "list members whose source changed since recording (exit 1 if any)")
+    command("info", _info, "size, members, fingerprint and index of the tape")
+    return parser
+
+
+def _open(args) -> Tape:
+    if args.index:
+        return Tape.open(args.index).check_source(args.src)
+    return Tape.discover(args.src)
+
+
+def _record(args) -> int:
+    recorder = TapeRecorder(
+        args.src,
+        exclude=args.exclude,
+        anonymize=not args.keep_owner,
+        index_path=args.index,
+        prefix=args.prefix,
+        progress=progress_printer("tartape"),
+    )
+    fingerprint = recorder.commit()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    with Tape.open(recorder.index_path) as tape:
+        print(f"recorded {tape.member_count} members, {tape.total_size} bytes, fingerprint {fingerprint}")
+        print(f"index: {tape.index_path}")
+    return 0
+
+
+def _stream(args) -> int:
+    tape = open_or_record(args.src, args.index, progress=progress_printer("tartape"))
+    if not 0 <= args.start_offset <= tape.total_size:
+        raise UsageError(f"--start-offset {args.start_offset}: outside the tape (0 to {tape.total_size} bytes)")
+    if args.output:
+        _stream_to_file(tape, args.start_offset, args.output)
+        return 0
+    out = sys.stdout.buffer
+    try:
+        with TapeReader(tape) as reader:
+            _copy(reader, args.start_offset, out.write)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): not our error; silence the final flush too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 0
+
+
+def _stream_to_file(tape: Tape, start: int, path: str) -> None:
+    """Write to ``path.part`` and rename on success, so no half archive has the final name."""
+    partial = path + ".part"
+    try:
+        with TapeReader(tape) as reader, open(partial, "wb") as out:
+            _copy(reader, start, out.write)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _copy(reader: TapeReader, start: int, write: Callable[[bytes], object]) -> None:
+    for offset in range(start, reader.total_size, _CHUNK):
+        write(reader.read(offset, _CHUNK))
+
+
+def _ls(args) -> int:
+    with _open(args) as tape:
+        write = sys.stdout.write
+        for m in tape.members():
+            write(f"{m.offset}\t{m.size}\t{_quote(m.arc_path)}\n")
+    return 0
+
+
+def _locate(args) -> int:
+    with _open(args) as tape:
+        m = tape.locate(args.member)
+        (h0, h1), (b0, b1) = m.header_range, m.body_range
+        print(f"member\t{_quote(m.arc_path)}")
+        print(f"kind\t{m.kind}")
+        print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
+        if b1 > b0:
+            print(f"body\t{b0}-{b1 - 1}\t({b1 - b0} bytes)")
+            print(f"range\tRange: bytes={b0}-{b1 - 1}")
+        else:
+            print("body\t-\t(0 bytes)")
+    return 0
+
+
+def _verify(args) -> int:
+    changed = 0
+    with _open(args) as tape, TapeReader(tape) as reader:
+        for m in tape.members():
+            reason = reader.check(m)
+            if reason:
+                changed += 1
+                print(f"changed\t{_quote(m.arc_path)}\t{reason}")
+        if changed:
+            print(f"tartape: {changed} of {tape.member_count} members changed since recording; "
+                  f"record again (tartape record {args.src})", file=sys.stderr)
+            return 1
+        print(f"ok: all {tape.member_count} members match their sources")
+    return 0
+
+
+def _info(args) -> int:
+    with _open(args) as tape:
+        print(f"size\t{tape.total_size}")
+        print(f"members\t{tape.member_count}")
+        print(f"fingerprint\t{tape.fingerprint}")
+        print(f"mtime\t{tape.mtime}")
+        print(f"source\t{tape.source_root}")
+        print(f"prefix\t{show_path(tape.prefix)}")
+        print(f"index\t{tape.index_path}")
+    return 0
+
+
+def _quote(text: str) -> str:
+    """Names may hold newlines and tabs: escape them so one member stays one line."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
