@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+Sections: core (real trees recorded without FUSE) first; mount fixtures, if any,
+live in their own section below it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trees import HardTree, archive_of, build_hard_tree, build_small_tree, record
+
+
+# === core fixtures: recorded trees, no FUSE ================================================
+
+
+@pytest.fixture(scope="session")
+def hard_tree(tmp_path_factory: pytest.TempPathFactory) -> HardTree:
+    """The hard tree (see tests/trees.py), built once; tests must not change it."""
+    return build_hard_tree(tmp_path_factory.mktemp("hard"))
+
+
+@pytest.fixture(scope="session")
+def hard_tape(hard_tree: HardTree):
+    """The hard tree recorded with default options (index in SRC/.tartape/)."""
+    return record(hard_tree.root)
+
+
+@pytest.fixture(scope="session")
+def hard_archive(hard_tape) -> bytes:
+    """The hard tree's whole archive as bytes."""
+    return archive_of(hard_tape)
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    """A few ordinary files, a directory and a symlink at tmp_path/data, not recorded."""
+    return build_small_tree(tmp_path)
