@@ -1,0 +1,175 @@
+"""A source that changes after recording: reads fail with a typed error naming the
+member, never return other bytes, and every other member keeps reading fine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tartapefs import TapePlayer, TapeReader
+from tartapefs.errors import SourceChangedError
+from trees import archive_of, record
+
+FILE = "data/a.txt"
+SWAPPED = ("data/sub/", "data/sub/c.txt", "data/sub/d.txt")
+
+
+def grow(root: Path, outside: Path) -> tuple[str, ...]:
+    with open(root / "a.txt", "ab") as fh:
+        fh.write(b"more")
+    return (FILE,)
+
+
+def shrink(root: Path, outside: Path) -> tuple[str, ...]:
+    os.truncate(root / "a.txt", 999)
+    return (FILE,)
+
+
+def truncate_to_zero(root: Path, outside: Path) -> tuple[str, ...]:
+    os.truncate(root / "a.txt", 0)
+    return (FILE,)
+
+
+def replace_same_size_and_mtime(root: Path, outside: Path) -> tuple[str, ...]:
+    """Only the inode tells: a new file renamed over the old, same size, mode and mtime."""
+    old = os.stat(root / "a.txt")
+    new = root / "a.txt.new"
+    new.write_bytes(b"X" * old.st_size)
+    os.chmod(new, old.st_mode)
+    os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.rename(new, root / "a.txt")
+    return (FILE,)
+
+
+def delete(root: Path, outside: Path) -> tuple[str, ...]:
+    os.unlink(root / "a.txt")
+    return (FILE,)
+
+
+def touch(root: Path, outside: Path) -> tuple[str, ...]:
+    st = os.stat(root / "a.txt")
+    os.utime(root / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    return (FILE,)
+
+
+def chmod(root: Path, outside: Path) -> tuple[str, ...]:
+    os.chmod(root / "a.txt", 0o600)
+    return (FILE,)
+
+
+def dir_swapped_for_symlink_to_a_copy(root: Path, outside: Path) -> tuple[str, ...]:
+    subprocess.run(["cp", "-a", root / "sub", outside / "sub"], check=True)
+    shutil.rmtree(root / "sub")
+    os.symlink(outside / "sub", root / "sub")
+    return SWAPPED
+
+
+def dir_moved_out_and_symlinked(root: Path, outside: Path) -> tuple[str, ...]:
+    """Same inodes, sizes and mtimes: only the path walk shows the bytes are outside."""
+    os.rename(root / "sub", outside / "sub")
+    os.symlink(outside / "sub", root / "sub")
+    return SWAPPED
+
+
+MUTATIONS = [grow, shrink, truncate_to_zero, replace_same_size_and_mtime, delete, touch, chmod,
+             dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked]
+# With a descriptor already open from an earlier read, these leave the promised bytes
+# readable through it; serving exactly those is acceptable, anything else is not.
+OLD_FD_STILL_VALID = {replace_same_size_and_mtime, delete, dir_swapped_for_symlink_to_a_copy,
+                      dir_moved_out_and_symlinked}
+
+
+@pytest.fixture
+def recorded(small_tree: Path, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tape = record(small_tree)
+    return small_tree, outside, tape, archive_of(tape)
+
+
+def read_or_error(reader: TapeReader, offset: int, size: int) -> bytes | SourceChangedError:
+    try:
+        return reader.read(offset, size)
+    except SourceChangedError as err:
+        return err
+
+
+def ancestors(arc_path: str) -> tuple[str, ...]:
+    """Directory members above a path: they may fail first, as their entries changed."""
+    parts = arc_path.rstrip("/").split("/")[:-1]
+    return tuple("/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1))
+
+
+def assert_changed_member_fails(reader, tape, original, changed, warm_and_old_fd_valid):
+    for arc_path in changed:
+        m = tape.locate(arc_path)
+        if m.size == 0:
+            continue  # no body: only reads of body bytes must fail
+        for offset, size in ((m.body_offset, m.size), (m.body_offset, 1), (m.offset, m.end - m.offset),
+                             (m.body_end - 1, 1), (0, tape.total_size)):
+            got = read_or_error(reader, offset, size)
+            if warm_and_old_fd_valid and got == original[offset:offset + size]:
+                continue
+            assert isinstance(got, SourceChangedError), f"{arc_path}: read {offset}+{size} served bytes"
+            assert got.member == arc_path
+
+
+def assert_other_members_read_fine(reader, tape, original, changed):
+    for m in tape.members():
+        if m.arc_path in changed or m.arc_path.rstrip("/") + "/" in changed:
+            continue
+        got = read_or_error(reader, m.offset, m.end - m.offset)
+        if m.kind == "dir" and isinstance(got, SourceChangedError):
+            continue  # a directory whose entries changed may be reported; it has no body
+        assert got == original[m.offset:m.end], m.arc_path
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh_reader", "reader_with_open_fds"])
+def test_reading_a_changed_member_raises_naming_it_and_others_still_read(recorded, mutate, warm):
+    root, outside, tape, original = recorded
+    with TapeReader(tape) as reader:
+        if warm:
+            assert reader.read(0, tape.total_size) == original
+        changed = mutate(root, outside)
+        assert_changed_member_fails(reader, tape, original, changed,
+                                    warm and mutate in OLD_FD_STILL_VALID)
+        assert_other_members_read_fine(reader, tape, original, changed)
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS, ids=lambda f: f.__name__)
+def test_playing_a_changed_tape_raises_and_never_continues_past_the_member(recorded, mutate):
+    root, outside, tape, original = recorded
+    changed = mutate(root, outside)
+    first_file = min((tape.locate(p) for p in changed if tape.locate(p).kind == "file"),
+                     key=lambda m: m.offset)
+    played, types = bytearray(), []
+    with pytest.raises(SourceChangedError) as info:
+        for event in TapePlayer(tape).play(chunk_size=512):
+            types.append(event.type)
+            if event.type == "file_data":
+                played += event.data
+    assert info.value.member in changed + ancestors(first_file.arc_path)
+    assert "tape_completed" not in types
+    assert len(played) <= first_file.body_end and bytes(played) == original[:len(played)]
+
+
+def test_error_message_names_the_member_and_the_reason(recorded):
+    root, outside, tape, _ = recorded
+    grow(root, outside)
+    with TapeReader(tape) as reader, pytest.raises(SourceChangedError) as info:
+        reader.read(tape.locate(FILE).body_offset, 10)
+    assert FILE in str(info.value) and info.value.reason
+    assert "\n" not in str(info.value)
+
+
+def test_a_new_file_in_the_source_does_not_change_the_recorded_bytes(recorded):
+    root, outside, tape, original = recorded
+    (root / "sub" / "new.txt").write_bytes(b"new")
+    with TapeReader(tape) as reader:
+        m = tape.locate("data/sub/c.txt")
+        assert reader.read(m.offset, m.end - m.offset) == original[m.offset:m.end]
