@@ -1,0 +1,143 @@
+"""The mounted process of ``tartape-mount``: open the tape, mount, serve until
+a signal or an unmount, then leave nothing mounted.
+
+Kept apart from ``mount.py`` (arguments, checks, background start) so that
+pyfuse3 and trio are imported only by the process that actually mounts.
+Teardown order is fixed by nesting: the FUSE loop and the signal watcher live
+in one nursery; leaving it (normally or not) unmounts and closes the session,
+then the readers close their source descriptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .errors import TartapeError
+from .fusefs import TapeFS
+from .mount import READ_AHEAD_KB, Readiness, detach_stdio, sd_notify
+
+log = logging.getLogger("tartapefs.mount")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Progress:
+    """Shows the scan count on one refreshed terminal line while an index is
+    recorded (a big tree takes a while); silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._shown = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        self.count = count
+        now = time.monotonic()
+        if self._tty and now - self._shown > 0.2:  # throttled: millions of entries
+            self._shown = now
+            print(f"\rrecording index: {count} entries\033[K", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._tty and self._shown:
+            print(f"\rrecording index: {self.count} entries\033[K", file=sys.stderr, flush=True)
+
+
+def open_tape(args: argparse.Namespace) -> Any:
+    """The tape for ``args.src``: the valid index if there is one, else a new
+    recording (progress on stderr)."""
+    from .tape import open_or_record
+
+    progress = _Progress()
+    tape = open_or_record(args.src, index_path=args.index, rescan=args.rescan, progress=progress)
+    progress.done()
+    if progress.count:
+        log.info("recorded %d entries into %s", progress.count, tape.index_path)
+    return tape
+
+
+def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
+    """Serve until stopped; 0 after a clean unmount, 1 if never mounted."""
+    os.chdir("/")  # never keep the caller's folder busy
+    try:
+        tape = open_tape(args)
+        fs = TapeFS({args.name: tape}, direct_io=args.direct_io)
+    except TartapeError as err:
+        readiness.failed(str(err))
+        return 1
+    try:
+        log.info(
+            "serving %s: %d bytes, %d members, from %s (index %s)",
+            args.name, tape.total_size, tape.member_count, args.src, tape.index_path,
+        )
+        return trio.run(serve, fs, args, options, readiness)
+    finally:
+        fs.close()
+
+
+async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
+    try:
+        pyfuse3.init(fs, args.mountpoint, options)
+    except RuntimeError as err:
+        # libfuse has printed its own reason on stderr just before.
+        readiness.failed(f"{args.mountpoint}: mounting failed ({err})")
+        return 1
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signal)
+            nursery.start_soon(_fuse_loop, nursery.cancel_scope)
+            st = await _until_usable(os.path.join(args.mountpoint, args.name))
+            _tune_read_ahead(st.st_dev)
+            log.info("mounted %s", os.path.join(args.mountpoint, args.name))
+            readiness.ready(f"serving {args.name}")
+            if args.ready_fd is not None:
+                detach_stdio(args)
+    finally:
+        # unmount=True is harmless after an external unmount: libfuse sees the
+        # dead connection and skips the umount call.
+        pyfuse3.close(unmount=True)
+    log.info("unmounted")
+    return 0
+
+
+async def _fuse_loop(scope: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    # The loop ends on unmount (fusermount3 -u) or terminate(): stop the rest.
+    scope.cancel()
+
+
+async def _stop_on_signal(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s received, unmounting", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+            pyfuse3.terminate()
+            return
+
+
+async def _until_usable(path: str) -> os.stat_result:
+    """stat the served file through the kernel: proves the loop answers.
+    In a thread, because the answer comes from this very thread's loop."""
+    return await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
+
+
+def _tune_read_ahead(dev: int) -> None:
+    """Raise the mount's kernel read-ahead so buffered reads arrive as 1 MiB
+    requests instead of 128 KiB ones. Best effort: needs root."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as err:
+        log.info("kept the default read-ahead (%s: %s)", path, err.strerror)
+    else:
+        log.debug("read-ahead set to %d KiB (%s)", READ_AHEAD_KB, path)

@@ -1,0 +1,311 @@
+"""The FUSE file system: a read-only directory of named tapes.
+
+Theory of operation
+-------------------
+The mount shows one flat directory (inode 1) holding one regular file per
+tape, today only ``dataset.tar``. Everything a client sees is fixed when the
+file system is built: names, sizes, mtimes and inodes never change while it is
+mounted, so the kernel may cache attributes and pages for a long time
+(``keep_cache``) and re-reads come from the page cache.
+
+Rules this module keeps:
+
+* ``read`` returns exactly the bytes asked for (fewer only at end of file) or
+  fails with ``EIO``. A short read would be taken by the kernel as end of file:
+  it shrinks its cached size and the rest of the archive silently reads as
+  nothing, which is worse than any error.
+* Only ``FUSEError`` may leave a handler (anything else stops pyfuse3's main
+  loop), so every handler goes through :func:`_translated`, the one place
+  where errors become errnos.
+* Handlers run as trio tasks on one thread and never await while reading, so a
+  reader is only ever used by one request at a time. Readers hold no seek
+  position, only a bounded cache of source file descriptors, which is why one
+  reader per tape is shared by all open handles.
+* Nothing here knows the TAR format: bytes come from ``TapeReader.read``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import pyfuse3
+
+from .errors import SourceChangedError, TartapeError
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+# Readers size their buffers from st_blksize (cp, rsync, Python's shutil).
+BLKSIZE = 1 << 20
+# Nothing in the mount changes while it is mounted: let the kernel keep
+# attributes and names for long.
+ATTR_TIMEOUT_S = 3600.0
+NAME_MAX = 255
+
+
+class TapeLike(Protocol):
+    """What the file system needs from a tape (``tartapefs.tape.Tape``)."""
+
+    total_size: int  # bytes
+    mtime: int  # seconds since the epoch
+
+
+class ReaderLike(Protocol):
+    """What the file system needs from a reader (``tartapefs.reader.TapeReader``)."""
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _default_reader(tape: Any) -> ReaderLike:
+    # Imported late so this module can be exercised with fake tapes before
+    # (and independently of) the core read path.
+    from .reader import TapeReader
+
+    return TapeReader(tape)
+
+
+def stable_inode(name: str) -> int:
+    """Inode of the file ``name``: derived from the name only, so it is the
+    same on every mount (rsync and backup tools remember inodes)."""
+    digest = hashlib.sha256(os.fsencode(name)).digest()
+    # 48 bits keep it a positive, small-ish integer; +2 keeps clear of the
+    # root inode (1) and of 0, which FUSE reserves.
+    return int.from_bytes(digest[:6], "big") + 2
+
+
+@dataclass
+class _Served:
+    """One file in the root directory."""
+
+    name: bytes
+    inode: int
+    tape: TapeLike
+    reader: ReaderLike
+    size: int
+    mtime_ns: int
+
+
+def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``handler``, turning every error into ``FUSEError``: the one place
+    where tartapefs errors meet errnos."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: "TapeFS", *args: Any) -> Any:
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except SourceChangedError as err:
+            self._report_changed(err)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except (TartapeError, OSError) as err:
+            # A source that cannot be read is an I/O error of the archive,
+            # whatever errno the source gave (ENOENT would lie about the tape).
+            log.error("%s failed: %s", handler.__name__, err)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class TapeFS(pyfuse3.Operations):
+    """Read-only file system serving each tape of ``tapes`` as a file named
+    by its key.
+
+    ``reader_factory(tape)`` makes the object whose ``read(offset, size)``
+    produces the bytes (default: ``TapeReader``). ``direct_io`` bypasses the
+    page cache: each client read() then arrives whole (up to 1 MiB), which is
+    faster for large sequential reads and much slower for small ones.
+    ``uid``/``gid`` own every entry (default: the mounting user).
+    """
+
+    def __init__(
+        self,
+        tapes: Mapping[str, TapeLike],
+        *,
+        reader_factory: Callable[[Any], ReaderLike] = _default_reader,
+        direct_io: bool = False,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._direct_io = direct_io
+        self._uid = os.getuid() if uid is None else uid
+        self._gid = os.getgid() if gid is None else gid
+        self._by_name: dict[bytes, _Served] = {}
+        self._by_inode: dict[int, _Served] = {}
+        for name, tape in sorted(tapes.items()):
+            self._add(name, tape, reader_factory)
+        self._open: dict[int, _Served] = {}
+        self._next_fh = 1
+        # (member, reason) pairs already logged at error level, so a client
+        # retrying a broken member page by page does not flood the log.
+        self._reported: set[tuple[str, str]] = set()
+
+    def _add(self, name: str, tape: TapeLike, reader_factory: Callable[[Any], ReaderLike]) -> None:
+        raw = os.fsencode(name)
+        if not raw or b"/" in raw or raw in (b".", b"..") or len(raw) > NAME_MAX:
+            raise ValueError(f"{name!r}: not a valid file name for a tape")
+        inode = stable_inode(name)
+        if inode in self._by_inode:
+            raise ValueError(f"{name!r}: inode collides with another tape, rename it")
+        served = _Served(
+            name=raw,
+            inode=inode,
+            tape=tape,
+            reader=reader_factory(tape),
+            size=tape.total_size,
+            mtime_ns=tape.mtime * 1_000_000_000,
+        )
+        self._by_name[raw] = served
+        self._by_inode[inode] = served
+
+    def close(self) -> None:
+        """Close every reader (and so every cached source descriptor)."""
+        for served in self._by_inode.values():
+            served.reader.close()
+
+    # -- attributes -----------------------------------------------------
+
+    def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.generation = 0
+        attr.entry_timeout = ATTR_TIMEOUT_S
+        attr.attr_timeout = ATTR_TIMEOUT_S
+        attr.st_uid = self._uid
+        attr.st_gid = self._gid
+        attr.st_rdev = 0
+        attr.st_blksize = BLKSIZE
+        if inode == ROOT_INODE:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+            attr.st_size = 0
+            attr.st_blocks = 0
+            # The directory changes only when its tapes do: take the newest.
+            mtime_ns = max((s.mtime_ns for s in self._by_inode.values()), default=0)
+        else:
+            served = self._served(inode)
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+            attr.st_size = served.size
+            attr.st_blocks = -(-served.size // 512)
+            mtime_ns = served.mtime_ns
+        # Never the clock: rsync and rclone compare size and mtime.
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
+        return attr
+
+    def _served(self, inode: int) -> _Served:
+        try:
+            return self._by_inode[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    @_translated
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(inode)
+
+    @_translated
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if parent_inode != ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name in (b".", b".."):
+            return self._attributes(ROOT_INODE)
+        served = self._by_name.get(name)
+        if served is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(served.inode)
+
+    @_translated
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = BLKSIZE
+        st.f_frsize = 512
+        total = sum(s.size for s in self._by_inode.values())
+        st.f_blocks = -(-total // st.f_frsize)
+        st.f_bfree = st.f_bavail = 0
+        st.f_files = len(self._by_inode) + 1
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = NAME_MAX
+        return st
+
+    # -- directory ------------------------------------------------------
+
+    @_translated
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if inode != ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return ROOT_INODE
+
+    @_translated
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # next_id is the position after the entry: the listing never changes,
+        # so a position is a stable cursor.
+        entries = sorted(self._by_name.items())
+        for position in range(start_id, len(entries)):
+            name, served = entries[position]
+            if not pyfuse3.readdir_reply(token, name, self._attributes(served.inode), position + 1):
+                return
+
+    @_translated
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- file -----------------------------------------------------------
+
+    @_translated
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        if inode == ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        served = self._served(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self._next_fh
+        self._next_fh += 1
+        # Handles remember what they opened: if tapes are ever swapped while
+        # mounted, an open handle keeps reading its own generation.
+        self._open[fh] = served
+        # keep_cache: the bytes never change, so pages cached by an earlier
+        # open stay valid.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct_io)
+
+    @_translated
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        served = self._open.get(fh)
+        if served is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        expected = max(0, min(size, served.size - off))
+        data = served.reader.read(off, size) if expected else b""
+        if len(data) != expected:
+            # Never pass a short read on: the kernel would take it as EOF.
+            log.error(
+                "%s: reader returned %d bytes at offset %d, expected %d",
+                os.fsdecode(served.name), len(data), off, expected,
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
+        return data
+
+    @_translated
+    async def release(self, fh: int) -> None:
+        self._open.pop(fh, None)
+
+    # -- logging --------------------------------------------------------
+
+    def _report_changed(self, err: SourceChangedError) -> None:
+        key = (err.member, err.reason)
+        if key in self._reported:
+            log.debug("%s", err)
+            return
+        self._reported.add(key)
+        log.error("%s; answering EIO for its range", err)

@@ -1,0 +1,385 @@
+"""``tartape-mount``: the process around the FUSE file system.
+
+This module owns every process concern and nothing else: arguments, checks
+that give one clear line instead of a traceback, the index (reused or
+recorded), going to the background only once the mount answers, signals,
+systemd notification, and unmounting on the way out.
+
+Background mode works like sshfs and rclone mount: the command re-executes
+itself in the foreground as a child in a new session, handing it the write end
+of a pipe. The child mounts, checks that the mount answers, writes ``ready``
+(or one line saying why it could not) and closes its end; the parent relays
+that and exits 0 or 1. So when ``tartape-mount SRC MNT`` returns 0, the archive
+is readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import logging.handlers
+import os
+import socket
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import NoReturn, Sequence
+
+from .errors import UsageError
+
+log = logging.getLogger("tartapefs.mount")
+
+PROG = "tartape-mount"
+FSTYPE = "fuse.tartapefs"
+# Bigger kernel read-ahead turns buffered 128 KiB requests into 1 MiB ones
+# (DESIGN.md, "FUSE facts"); value in KiB.
+READ_AHEAD_KB = 1024
+# Options that must not reach libfuse: 'max_read=' breaks the pyfuse3 session
+# (init mismatch), and the archive is read-only by nature.
+REFUSED_OPTIONS = {"max_read": "breaks pyfuse3 mounts", "rw": "the archive is read-only"}
+
+
+# -- arguments ------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Mount SRC as a read-only TAR file at MOUNTPOINT/NAME.",
+        epilog=f"Unmount with: {PROG} -u MOUNTPOINT",
+    )
+    p.add_argument("src", nargs="?", metavar="SRC", help="folder to present as a tar archive")
+    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="empty folder to mount on")
+    p.add_argument("-u", "--unmount", metavar="MOUNTPOINT", help="unmount MOUNTPOINT and exit")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
+                   help="FUSE mount options, e.g. allow_other")
+    p.add_argument("--name", default="dataset.tar", help="file name of the archive (default: %(default)s)")
+    p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
+    p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
+    p.add_argument("--direct-io", action="store_true",
+                   help="bypass the page cache (faster for 1 MiB reads, much slower for small ones)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-file", metavar="PATH",
+                   help="log here (default: stderr in the foreground, syslog in the background)")
+    # Internal: set by the background parent for its child.
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.unmount is not None:
+        if args.src is not None:
+            parser.error("-u takes only the mount point")
+        return args
+    if args.src is None or args.mountpoint is None:
+        parser.error("SRC and MOUNTPOINT are required (or -u MOUNTPOINT)")
+    if "/" in args.name or args.name in ("", ".", ".."):
+        parser.error(f"--name {args.name!r}: must be a plain file name")
+    # Absolute paths: the daemon leaves the working directory (it must not
+    # keep the caller's folder busy).
+    args.src = os.path.abspath(args.src)
+    args.mountpoint = os.path.abspath(args.mountpoint)
+    if args.index is not None:
+        args.index = os.path.abspath(args.index)
+    if args.log_file is not None:
+        args.log_file = os.path.abspath(args.log_file)
+    return args
+
+
+def fuse_options(args: argparse.Namespace) -> set[str]:
+    """The option set for ``pyfuse3.init``: read-only and private unless the
+    user asks (``-o allow_other``), named so ``mount`` shows tartapefs."""
+    options = {"ro", "default_permissions", "nosuid", "nodev", "fsname=tartapefs", "subtype=tartapefs"}
+    for group in args.options:
+        for opt in filter(None, (o.strip() for o in group.split(","))):
+            key = opt.split("=", 1)[0]
+            if key in REFUSED_OPTIONS:
+                raise UsageError(f"-o {opt}: not supported ({REFUSED_OPTIONS[key]})")
+            options.add(opt)
+    return options
+
+
+# -- checks -----------------------------------------------------------------
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fstype(path: str) -> str | None:
+    """File system type mounted exactly at ``path`` (``fuse.tartapefs``...), or None."""
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if _unescape_mountinfo(fields[4]) == path:
+                found = fields[sep + 1]  # the last mount on a path is the visible one
+    return found
+
+
+def _canonical(path: str) -> str:
+    # Resolve symlinks in the parent only: the mount point itself may be a
+    # dead FUSE mount that cannot be stat'ed.
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _stat_folder(path: str, role: str) -> None:
+    """Raise UsageError unless ``path`` is an existing folder; ``role`` names
+    it in the message ("source folder", "mount point")."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {role} does not exist") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot use {role} ({err.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path}: {role} is not a folder")
+
+
+def check_source(src: str) -> None:
+    _stat_folder(src, "source folder")
+
+
+def check_mountpoint(mnt: str, src: str) -> None:
+    """Raise UsageError unless ``mnt`` is a folder we can mount on; clear a
+    stale tartapefs mount (daemon killed) on the way."""
+    canonical = _canonical(mnt)
+    fstype = mounted_fstype(canonical)
+    if fstype is not None:
+        _check_existing_mount(mnt, canonical, fstype)
+    _stat_folder(mnt, "mount point")
+    real_src = os.path.realpath(src)
+    if real_src == canonical or real_src.startswith(canonical + os.sep):
+        # The daemon would read its sources through its own mount: deadlock.
+        raise UsageError(f"{mnt}: mount point would hide the source folder {src}")
+
+
+def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:
+    try:
+        os.stat(mnt)
+    except OSError as err:
+        if err.errno != errno.ENOTCONN:
+            raise UsageError(f"{mnt}: cannot use mount point ({err.strerror})") from None
+        if fstype != FSTYPE:
+            raise UsageError(
+                f"{mnt}: stale {fstype} mount (transport endpoint is not connected); "
+                f"run: fusermount3 -uz {mnt}"
+            ) from None
+        # Our own daemon died (kill -9): nothing serves this mount, so
+        # detaching it loses nothing.
+        log.warning("%s: clearing stale mount left by a dead tartape-mount", mnt)
+        if not _fusermount(canonical, lazy=True):
+            raise UsageError(f"{mnt}: stale mount could not be cleared; run: fusermount3 -uz {mnt}") from None
+        return
+    raise UsageError(f"{mnt}: already mounted ({fstype}); unmount it first: {PROG} -u {mnt}")
+
+
+def _fusermount(mnt: str, lazy: bool = False) -> str | None:
+    """Unmount with fusermount3; None on success, else its one-line complaint."""
+    cmd = ["fusermount3", "-uz" if lazy else "-u", mnt]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        return "fusermount3 not found (install the fuse3 package)"
+    if done.returncode == 0:
+        return None
+    return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+
+
+def unmount_command(mnt: str) -> int:
+    """``tartape-mount -u MNT``: unmount; the daemon then exits by itself."""
+    mnt = os.path.abspath(mnt)
+    if mounted_fstype(_canonical(mnt)) is None:
+        raise UsageError(f"{mnt}: not mounted")
+    complaint = _fusermount(mnt)
+    if complaint is not None:
+        raise UsageError(f"{mnt}: cannot unmount: {complaint}")
+    return 0
+
+
+# -- readiness and systemd ----------------------------------------------------
+
+
+def sd_notify(state: str) -> None:
+    """Send ``state`` (e.g. "READY=1") to systemd if it is listening.
+    Never fails: a service manager that cannot be told is not our error."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as err:
+        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], err)
+
+
+@dataclass
+class Readiness:
+    """Tells whoever waits for the mount (background parent, systemd) that it
+    is usable, or why it never will be."""
+
+    ready_fd: int | None
+
+    def ready(self, status: str) -> None:
+        sd_notify(f"READY=1\nSTATUS={status}")
+        self._send(b"ready\n")
+
+    def failed(self, message: str) -> None:
+        if self.ready_fd is None:
+            print(f"{PROG}: {message}", file=sys.stderr)
+        self._send(f"error {message}\n".encode(errors="backslashreplace"))
+
+    def _send(self, line: bytes) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, line)
+            os.close(self.ready_fd)
+        except OSError:
+            pass  # the parent is gone; nobody to tell
+        self.ready_fd = None
+
+
+# -- logging ------------------------------------------------------------------
+
+
+def _log_format(mnt: str) -> str:
+    # Several mounts may log to one place: every line names its mount point.
+    return f"{PROG} {mnt}: %(levelname)s %(message)s"
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log to --log-file, else to stderr. Only a user-chosen foreground shows
+    INFO on the terminal: a background start stays as quiet as sshfs unless
+    something is wrong."""
+    handler: logging.Handler
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(args.mountpoint)))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_log_format(args.mountpoint)))
+        if args.ready_fd is not None or not args.foreground:
+            handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(args.log_level)
+
+
+def detach_stdio(args: argparse.Namespace) -> None:
+    """Background child, once ready: stop using the caller's terminal (or
+    pipe: a caller reading our stderr would otherwise wait for us to exit)."""
+    if not args.log_file:
+        root = logging.getLogger()
+        if os.path.exists("/dev/log"):
+            handler: logging.Handler = logging.handlers.SysLogHandler("/dev/log")
+            handler.setFormatter(logging.Formatter(_log_format(args.mountpoint)))
+            root.handlers[:] = [handler]
+        else:
+            root.handlers[:] = [logging.NullHandler()]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+# -- background parent --------------------------------------------------------
+
+
+def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "tartapefs.mount", args.src, args.mountpoint, "--foreground",
+            f"--ready-fd={ready_fd}", f"--name={args.name}", f"--log-level={args.log_level}"]
+    argv += [f"-o{group}" for group in args.options]
+    for flag, value in (("--index", args.index), ("--log-file", args.log_file)):
+        if value is not None:
+            argv.append(f"{flag}={value}")
+    for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def run_in_background(args: argparse.Namespace) -> int:
+    """Start the daemon and return once it serves (0) or has said why not (1)."""
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(
+        _child_argv(args, write_end),
+        pass_fds=(write_end,),
+        start_new_session=True,  # survives the caller's terminal and Ctrl-C
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        cwd="/",
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.readline().decode(errors="replace").rstrip("\n")
+    except KeyboardInterrupt:
+        child.terminate()
+        child.wait()
+        return 130
+    if answer == "ready":
+        return 0
+    if answer.startswith("error "):
+        print(f"{PROG}: {answer[len('error '):]}", file=sys.stderr)
+        child.wait()
+        return 1
+    status = child.wait()
+    print(f"{PROG}: {args.mountpoint}: daemon exited with status {status} before the mount was ready",
+          file=sys.stderr)
+    return 1
+
+
+# -- entry point ----------------------------------------------------------------
+
+
+def _die(message: str) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.unmount is not None:
+        try:
+            return unmount_command(args.unmount)
+        except UsageError as err:
+            _die(str(err))
+    setup_logging(args)
+    readiness = Readiness(args.ready_fd)
+    try:
+        # Checked before anything starts, so mistakes get one line from the
+        # command the user typed (the background child checks again: cheap).
+        check_source(args.src)
+        check_mountpoint(args.mountpoint, args.src)
+        options = fuse_options(args)
+    except UsageError as err:
+        readiness.failed(str(err))
+        return 1
+    if not args.foreground and args.ready_fd is None:
+        return run_in_background(args)
+    from .daemon import run_daemon  # pyfuse3 and trio only where we mount
+
+    return run_daemon(args, options, readiness)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
