@@ -233,8 +233,7 @@ def _ustar_block(
             b"ustar\x0000",
             uname.ljust(32, b"\0"),
             gname.ljust(32, b"\0"),
-            b"0000000\0",  # devmajor
-            b"0000000\0",  # devminor
+            bytes(16),  # devmajor, devminor: empty for anything but devices (as CPython writes)
             prefix.ljust(155, b"\0"),
             bytes(12),
         )
