@@ -54,6 +54,12 @@ def test_locate_body_range_holds_the_file_content(hard_tree, hard_tape, hard_arc
     assert hard_tape.locate(os.fsdecode(b"data/names/\xff\xfe")) == hard_tape.locate(b"data/names/\xff\xfe")
 
 
+def test_every_member_is_found_by_its_name_and_its_arc_path(hard_tape):
+    for m in hard_tape.members():
+        assert hard_tape.locate(m.name) == m
+        assert hard_tape.locate(m.arc_path) == m, m.arc_path
+
+
 def test_locate_an_unknown_member_raises_member_not_found(hard_tape):
     with pytest.raises(MemberNotFoundError):
         hard_tape.locate("data/no/such/file")

@@ -1,0 +1,206 @@
+"""The ``tartape`` console script, run as a subprocess: commands, their output
+against the API and the bytes, and user errors as one stderr line."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tartapefs import Tape
+from trees import archive_of, content
+
+TARTAPE = Path(sys.executable).parent / "tartape"
+UTF8 = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
+
+
+def tartape(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([TARTAPE, *map(os.fsencode, args)], capture_output=True, env=env or UTF8)
+
+
+def ok(*args: str | Path, env: dict | None = None) -> bytes:
+    proc = tartape(*args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def assert_user_error(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode != 0
+    assert b"Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.fixture
+def recorded(small_tree: Path):
+    ok("record", small_tree)
+    tape = Tape.discover(str(small_tree))
+    return small_tree, tape, archive_of(tape)
+
+
+def names_in(data: bytes) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return {m.name for m in tf.getmembers()}
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def test_record_writes_the_index_inside_the_source_and_reports_it(small_tree):
+    out = ok("record", small_tree).decode()
+    index = small_tree / ".tartape" / "index.db"
+    assert index.is_file() and str(index) in out
+    tape = Tape.discover(str(small_tree))
+    assert f"{tape.member_count} members" in out and str(tape.total_size) in out
+
+
+def test_stream_writes_the_archive_to_stdout(recorded):
+    src, tape, archive = recorded
+    assert ok("stream", src) == archive
+    assert "data/sub/c.txt" in names_in(archive)
+
+
+def test_stream_records_first_when_there_is_no_index(small_tree):
+    data = ok("stream", small_tree)
+    assert data == archive_of(Tape.discover(str(small_tree)))
+    assert "data/a.txt" in names_in(data)
+
+
+@pytest.mark.parametrize("where", [0, 1, 511, 512, 513, -1024, -1, "end"])
+def test_stream_from_a_start_offset_resumes_at_that_byte(recorded, where, tmp_path):
+    src, tape, archive = recorded
+    k = tape.total_size if where == "end" else where % tape.total_size
+    assert ok("stream", src, "--start-offset", str(k)) == archive[k:]
+    ok("stream", src, "--start-offset", str(k), "-o", tmp_path / "out.tar")
+    assert (tmp_path / "out.tar").read_bytes() == archive[k:]
+    assert not (tmp_path / "out.tar.part").exists()
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_ls_lists_one_line_per_member_with_offset_and_size(hard_tree, hard_tape, locale):
+    out = ok("ls", hard_tree.root, env={**os.environ, "LC_ALL": locale})
+    lines = out.splitlines()
+    members = list(hard_tape.members())
+    assert len(lines) == len(members)
+    for line, m in zip(lines, members):
+        offset, size, name = line.split(b"\t", 2)
+        assert (int(offset), int(size)) == (m.offset, m.size)
+        if m.arc_path == os.fsdecode(m.name):  # valid UTF-8: shown as is, \n and \t escaped
+            assert name == m.name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")
+
+
+def test_locate_prints_header_and_body_ranges_and_an_http_range(recorded):
+    src, tape, archive = recorded
+    out = ok("locate", src, "data/sub/c.txt").decode()
+    a, b = map(int, re.search(r"Range: bytes=(\d+)-(\d+)", out).groups())
+    assert archive[a:b + 1] == content(b"sub/c.txt", 2000)
+    h0, h1 = map(int, re.search(r"header\t(\d+)-(\d+)", out).groups())
+    assert h1 + 1 == a and tarfile.TarInfo.frombuf(archive[h1 - 511:h1 + 1], "utf-8", "strict").size == 2000
+    assert h0 == tape.locate("data/sub/c.txt").offset
+
+
+def test_locate_a_non_utf8_member_by_its_raw_name(hard_tree, hard_tape):
+    out = ok("locate", hard_tree.root, b"data/names/\xff\xfe")
+    m = hard_tape.locate(b"data/names/\xff\xfe")
+    assert f"Range: bytes={m.body_offset}-{m.body_end - 1}".encode() in out
+
+
+def test_verify_passes_then_lists_a_changed_member_and_exits_1(recorded):
+    src, _, _ = recorded
+    ok("verify", src)
+    with open(src / "sub" / "c.txt", "ab") as fh:
+        fh.write(b"x")
+    proc = tartape("verify", src)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert b"data/sub/c.txt" in proc.stdout and b"data/a.txt" not in proc.stdout
+
+
+def test_verify_lists_a_changed_non_utf8_member(hard_tree, tmp_path):
+    src = tmp_path / "copy"
+    subprocess.run(["cp", "-a", hard_tree.root, src], check=True)
+    ok("record", src, "--index", tmp_path / "i.db")
+    with open(os.path.join(os.fsencode(src), b"names/\xff\xfe"), "ab") as fh:
+        fh.write(b"x")
+    proc = tartape("verify", src, "--index", tmp_path / "i.db")
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and b"names/" in proc.stdout
+
+
+def test_info_shows_size_members_fingerprint_and_index(recorded):
+    src, tape, _ = recorded
+    fields = dict(line.split("\t", 1) for line in ok("info", src).decode().splitlines())
+    assert int(fields["size"]) == tape.total_size and int(fields["members"]) == tape.member_count
+    assert fields["fingerprint"] == tape.fingerprint and fields["index"] == tape.index_path
+
+
+def test_record_options_prefix_keep_owner_and_exclude(small_tree, tmp_path):
+    os.chown(small_tree / "b.txt", 4321, 8765)
+    ok("record", small_tree, "--prefix", "", "--keep-owner", "--exclude", "*.txt")
+    data = ok("stream", small_tree)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        assert {m.name for m in tf.getmembers()} == {"sub", "link"}
+    ok("record", small_tree, "--prefix", "X", "--keep-owner")
+    with tarfile.open(fileobj=io.BytesIO(ok("stream", small_tree))) as tf:
+        assert (tf.getmember("X/b.txt").uid, tf.getmember("X/b.txt").gid) == (4321, 8765)
+
+
+def test_record_warns_about_a_fifo_and_leaves_it_out(small_tree):
+    os.mkfifo(small_tree / "pipe")
+    proc = tartape("record", small_tree)
+    assert proc.returncode == 0 and b"pipe" in proc.stderr and b"Traceback" not in proc.stderr
+    assert "data/pipe" not in names_in(ok("stream", small_tree))
+
+
+# --- user errors: one line on stderr, non-zero exit, no traceback ------------------------
+
+
+@pytest.mark.parametrize("command", ["record", "stream", "ls", "info", "verify"])
+def test_a_missing_source_is_a_one_line_error(tmp_path, command):
+    assert_user_error(tartape(command, tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("command", ["record", "stream"])
+def test_a_source_that_is_a_file_is_a_one_line_error(tmp_path, command):
+    (tmp_path / "file").write_bytes(b"x")
+    assert_user_error(tartape(command, tmp_path / "file"))
+
+
+@pytest.mark.parametrize("offset", ["-1", "past_end", "abc"])
+def test_a_start_offset_outside_the_tape_is_a_one_line_error(recorded, offset):
+    src, tape, _ = recorded
+    offset = str(tape.total_size + 1) if offset == "past_end" else offset
+    proc = tartape("stream", src, "--start-offset", offset)
+    assert_user_error(proc)
+    assert proc.stdout == b""
+
+
+def test_locate_an_unknown_member_is_a_one_line_error(recorded):
+    assert_user_error(tartape("locate", recorded[0], "data/no/such"))
+
+
+@pytest.mark.parametrize("command", ["info", "ls", "stream", "verify", "locate"])
+def test_a_corrupted_index_is_a_one_line_error(recorded, command):
+    src, tape, _ = recorded
+    Path(tape.index_path).write_bytes(b"garbage " * 1000)
+    extra = ["data/a.txt"] if command == "locate" else []
+    proc = tartape(command, src, *extra)
+    assert_user_error(proc)
+    assert proc.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["info", "ls", "stream", "verify"])
+def test_a_foreign_sqlite_file_as_index_is_a_one_line_error(small_tree, tmp_path, command):
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("create table photos (path text, taken integer)")
+    db.close()
+    proc = tartape(command, small_tree, "--index", foreign)
+    assert_user_error(proc)
+    assert sqlite3.connect(foreign).execute("select name from sqlite_master").fetchall() == [("photos",)]
