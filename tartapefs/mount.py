@@ -171,7 +171,9 @@ def check_mountpoint(mnt: str, src: str) -> None:
 
 def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:
     try:
-        os.stat(mnt)
+        # statfs, not stat: the kernel answers stat from its attribute cache
+        # even when the daemon behind the mount is dead.
+        os.statvfs(mnt)
     except OSError as err:
         if err.errno != errno.ENOTCONN:
             raise UsageError(f"{mnt}: cannot use mount point ({err.strerror})") from None
@@ -183,8 +185,10 @@ def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:
         # Our own daemon died (kill -9): nothing serves this mount, so
         # detaching it loses nothing.
         log.warning("%s: clearing stale mount left by a dead tartape-mount", mnt)
-        if not _fusermount(canonical, lazy=True):
-            raise UsageError(f"{mnt}: stale mount could not be cleared; run: fusermount3 -uz {mnt}") from None
+        complaint = _fusermount(canonical, lazy=True)
+        if complaint is not None:
+            raise UsageError(f"{mnt}: stale mount could not be cleared ({complaint}); "
+                             f"run: fusermount3 -uz {mnt}") from None
         return
     raise UsageError(f"{mnt}: already mounted ({fstype}); unmount it first: {PROG} -u {mnt}")
 

@@ -1,0 +1,199 @@
+"""Real mounts for tests: start ``tartape-mount``, wait for it, and always clean up.
+
+Every mount made through :class:`Mounts` is unmounted with ``fusermount3 -u``
+(then ``-uz`` if busy) and its daemon killed by pid when the test ends, failed
+or not, so no mount or daemon outlives the suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+NAME = "dataset.tar"
+# Generous: a loaded CI machine may be slow to mount; this is a deadline, not a timing check.
+DEADLINE_S = 60.0
+
+
+def _tool(script: str, module: str) -> list[str]:
+    """The console script installed next to this Python, else ``python -m module``."""
+    candidate = Path(sys.executable).parent / script
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-m", module]
+
+
+TARTAPE_MOUNT = _tool("tartape-mount", "tartapefs.mount")
+TARTAPE = _tool("tartape", "tartapefs.cli")
+
+
+def daemon_env() -> dict[str, str]:
+    # A test run under systemd must not make our daemons notify the runner's unit.
+    return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+
+
+def run_mount_cli(*args: str | Path, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
+    """``tartape-mount ARGS`` to completion (background mode returns once ready)."""
+    return subprocess.run(
+        [*TARTAPE_MOUNT, *map(str, args)], capture_output=True, text=True,
+        env=daemon_env(), timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def stream_bytes(src: Path) -> bytes:
+    """The archive as ``tartape stream SRC`` writes it: the reference bytes."""
+    return subprocess.run([*TARTAPE, "stream", str(src)], capture_output=True, check=True).stdout
+
+
+def mounted_fstype(path: Path) -> str | None:
+    from tartapefs.mount import mounted_fstype as lookup
+
+    return lookup(os.path.join(os.path.realpath(path.parent), path.name))
+
+
+def daemon_pids(mnt: Path) -> list[int]:
+    """Pids of background daemons serving ``mnt`` (found by their command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(str(mnt)) in argv and any(a.startswith(b"--ready-fd") for a in argv):
+            pids.append(int(entry))
+    return pids
+
+
+def wait_until(predicate, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting: {what}")
+        time.sleep(0.05)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it is gone as far as serving goes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def force_unmount(mnt: Path) -> None:
+    """Unmount whatever tartapefs mount is at ``mnt``: -u, then lazily."""
+    if mounted_fstype(mnt) is None:
+        return
+    if subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+
+
+@dataclass
+class Mount:
+    src: Path
+    mnt: Path
+    log: Path
+    proc: subprocess.Popen | None = None  # foreground daemon, when started with -f
+    pids: list[int] = field(default_factory=list)  # background daemons
+
+    @property
+    def file(self) -> Path:
+        return self.mnt / NAME
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """Unmount and make sure the daemon is gone; safe to call twice."""
+        force_unmount(self.mnt)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.pids:
+            if not pid_gone(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        force_unmount(self.mnt)
+
+
+class Mounts:
+    """Starts mounts for one test (or module) and stops them all at the end."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[Mount] = []
+
+    def _new(self, src: Path, mnt: Path | None) -> Mount:
+        if mnt is None:
+            mnt = self.base / f"mnt{len(self.started)}"
+            mnt.mkdir()
+        m = Mount(src, mnt, self.base / f"mount{len(self.started)}.log")
+        self.started.append(m)
+        return m
+
+    def foreground(self, src: Path, mnt: Path | None = None, *args: str) -> Mount:
+        """``tartape-mount -f`` as a child process; returns once the file answers."""
+        m = self._new(src, mnt)
+        m.proc = subprocess.Popen(
+            [*TARTAPE_MOUNT, str(src), str(m.mnt), "-f", "--log-file", str(m.log), *args],
+            env=daemon_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+        def up() -> bool:
+            if m.proc.poll() is not None:
+                pytest.fail(f"tartape-mount exited {m.proc.returncode}: "
+                            f"{m.proc.stderr.read().decode(errors='replace')}{m.log_text()}")
+            return mounted_fstype(m.mnt) == "fuse.tartapefs" and m.file.exists()
+
+        wait_until(up, f"mount of {src} at {m.mnt}")
+        return m
+
+    def background(self, src: Path, mnt: Path | None = None, *args: str) -> Mount:
+        """``tartape-mount`` as users run it: returns when the command has exited 0."""
+        m = self._new(src, mnt)
+        done = run_mount_cli(src, m.mnt, "--log-file", m.log, *args)
+        m.pids = daemon_pids(m.mnt)
+        assert done.returncode == 0, done.stderr
+        return m
+
+    def stop_all(self) -> None:
+        for m in reversed(self.started):
+            m.stop()
+
+
+def pread_errno(path: Path, offset: int, size: int) -> int | None:
+    """errno of ``os.pread`` on a fresh descriptor, or None if it succeeded."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, size, offset)
+    except OSError as err:
+        return err.errno
+    finally:
+        os.close(fd)
+    return None
+
+
+def is_stale(mnt: Path) -> bool:
+    try:
+        os.statvfs(mnt)  # never answered from a cache, unlike stat
+    except OSError as err:
+        return err.errno == errno.ENOTCONN
+    return False

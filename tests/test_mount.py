@@ -1,0 +1,410 @@
+"""Real mounts driven by real clients (root and /dev/fuse needed, as on CI).
+
+The reference for every byte is ``tartape stream SRC``; copies and extracted
+trees are compared with it and with the source folder. Timings are never
+asserted: waits have deadlines only so a broken mount fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mountutil import (DEADLINE_S, NAME, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
+                       force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
+                       run_mount_cli, stream_bytes, wait_until)
+from trees import _Builder, build_small_tree, content, tree_differences
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
+    reason="real mounts need root, /dev/fuse and fusermount3",
+)
+
+C_LOCALE = {**os.environ, "LC_ALL": "C"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_transfer_tree(parent: Path) -> Path:
+    """Small members plus a few MiB-sized ones: the archive spans many FUSE
+    requests and is big enough for rclone's multi-thread copy (cutoff 1M)."""
+    root = parent / "data"
+    b = _Builder(root)
+    b.dir(b"big")
+    for rel, size in ((b"a.txt", 1000), (b"b.txt", 3), (b"big/one.bin", 3 * (1 << 20) + 7),
+                      (b"big/two.bin", 2 * (1 << 20)), (b"big/empty", 0), (b"z.txt", 513)):
+        b.file(rel, content(rel, size))
+    b.symlink(b"link", b"a.txt")
+    b.finish()
+    return root
+
+
+@pytest.fixture
+def mounts(tmp_path: Path):
+    m = Mounts(tmp_path)
+    yield m
+    m.stop_all()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One mount of the transfer tree shared by the read-only client tests,
+    with the reference bytes from ``tartape stream``."""
+    base = tmp_path_factory.mktemp("served")
+    src = build_transfer_tree(base)
+    mounts = Mounts(base)
+    try:
+        mount = mounts.background(src)
+        yield mount, stream_bytes(src)
+    finally:
+        mounts.stop_all()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def nothing_left_mounted(tmp_path_factory: pytest.TempPathFactory):
+    """Safety net: fail loudly (and clean up) if any tartapefs mount under
+    this run's temporary folder survives its test."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    leftovers = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "fuse.tartapefs" and fields[4].startswith(base):
+                leftovers.append(fields[4])
+    for mnt in leftovers:
+        force_unmount(Path(mnt))
+    assert not leftovers, f"mounts left behind: {leftovers}"
+
+
+# --- bytes --------------------------------------------------------------------------------
+
+
+def test_mounted_bytes_equal_the_stream(served):
+    mount, reference = served
+    assert os.stat(mount.file).st_size == len(reference)
+    assert file_sha256(mount.file) == sha256(reference)
+
+
+def test_stat_is_exact_and_stable(served):
+    mount, reference = served
+    st = os.stat(mount.file)
+    assert st.st_size == len(reference)
+    assert st.st_blocks == -(-len(reference) // 512)
+    assert st.st_blksize == 1 << 20
+    assert st.st_mode & 0o7777 == 0o444 and st.st_nlink == 1
+    assert st.st_uid == os.getuid() and st.st_gid == os.getgid()
+    # mtime from the tape, never the clock: atime, mtime and ctime all equal it.
+    assert st.st_mtime_ns == st.st_atime_ns == st.st_ctime_ns
+    assert st.st_mtime_ns % 10**9 == 0
+    assert os.listdir(mount.mnt) == [NAME]
+    assert os.stat(mount.mnt).st_mode & 0o7777 == 0o555
+
+
+def test_random_ranges_from_four_threads(served):
+    mount, reference = served
+    rng = random.Random(1234)
+    size = len(reference)
+    ranges = [(rng.randrange(size + 10), rng.choice([1, 511, 512, 4096, 65536, 1 << 20, rng.randrange(1, 300_000)]))
+              for _ in range(1200)]
+
+    def read(chunk):
+        fd = os.open(mount.file, os.O_RDONLY)
+        try:
+            return [os.pread(fd, n, off) == reference[off:off + n] for off, n in chunk]
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [ok for part in pool.map(read, [ranges[i::4] for i in range(4)]) for ok in part]
+    assert len(results) == 1200 and all(results)
+
+
+def test_write_opens_are_refused(served):
+    mount, _ = served
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+        with pytest.raises(OSError) as err:
+            os.close(os.open(mount.file, flags))
+        assert err.value.errno in (errno.EROFS, errno.EACCES)
+
+
+# --- real clients -------------------------------------------------------------------------
+
+
+def test_cp_and_dd_copy_identical_bytes(served, tmp_path):
+    mount, reference = served
+    subprocess.run(["cp", str(mount.file), str(tmp_path / "cp.tar")], check=True)
+    subprocess.run(["dd", f"if={mount.file}", f"of={tmp_path / 'dd.tar'}", "bs=1M", "status=none"], check=True)
+    assert file_sha256(tmp_path / "cp.tar") == sha256(reference)
+    assert file_sha256(tmp_path / "dd.tar") == sha256(reference)
+
+
+def test_gnu_tar_lists_extracts_and_compares(served, tmp_path):
+    mount, reference = served
+    listing = subprocess.run(["tar", "-tvf", str(mount.file)], capture_output=True, check=True, env=C_LOCALE)
+    names = {line.split(maxsplit=5)[5].split(b" -> ")[0] for line in listing.stdout.splitlines()}
+    with tarfile.open(fileobj=io.BytesIO(reference)) as ref:
+        assert names == {os.fsencode(m.name) + (b"/" if m.isdir() else b"") for m in ref.getmembers()}
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(mount.file), "-C", str(out)], check=True, env=C_LOCALE)
+    assert tree_differences(mount.src, out / "data") == []
+    # GNU tar's own comparison of archive and file system (contents, sizes, modes, mtimes).
+    subprocess.run(["tar", "--compare", "-f", str(mount.file), "-C", str(mount.src.parent)],
+                   check=True, env=C_LOCALE)
+
+
+def test_bsdtar_extracts_the_source(served, tmp_path):
+    mount, _ = served
+    if not shutil.which("bsdtar"):
+        pytest.skip("bsdtar is not installed (Debian package libarchive-tools)")
+    subprocess.run(["bsdtar", "-xpf", str(mount.file), "-C", str(tmp_path)], check=True)
+    assert tree_differences(mount.src, tmp_path / "data") == []
+
+
+def test_python_tarfile_extracts_the_source(served, tmp_path):
+    mount, _ = served
+    with tarfile.open(mount.file) as tf:
+        kwargs = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+        tf.extractall(tmp_path, **kwargs)
+    # tarfile does not set a symlink's own mtime (it would follow the link).
+    assert tree_differences(mount.src, tmp_path / "data", symlink_mtimes=False) == []
+
+
+def test_rsync_copies_and_then_has_nothing_to_do(served, tmp_path):
+    mount, reference = served
+    subprocess.run(["rsync", "-t", str(mount.file), str(tmp_path) + "/"], check=True)
+    assert file_sha256(tmp_path / NAME) == sha256(reference)
+    # Same size and mtime on the next run (no clock in the stat): nothing to transfer.
+    again = subprocess.run(["rsync", "-t", "--itemize-changes", str(mount.file), str(tmp_path) + "/"],
+                           capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == ""
+
+
+# --append-verify appends after the existing bytes, then checks the whole file; --partial with
+# delta transfer (local copies default to --whole-file) uses the partial file as the basis.
+@pytest.mark.parametrize("resume", [["--append-verify"], ["--partial", "--no-whole-file"]],
+                         ids=["append-verify", "partial"])
+def test_rsync_resumes_an_interrupted_copy(served, tmp_path, resume):
+    mount, reference = served
+    dst = tmp_path / NAME
+    # The interruption: a copy that stopped at an arbitrary byte, as --partial keeps it.
+    dst.write_bytes(reference[: len(reference) // 2 + 12345])
+    subprocess.run(["rsync", *resume, str(mount.file), str(dst)], check=True)
+    assert file_sha256(dst) == sha256(reference)
+
+
+def test_rclone_multi_thread_copy(served, tmp_path):
+    mount, reference = served
+    if not shutil.which("rclone"):
+        pytest.skip("rclone is not installed")
+    done = subprocess.run(
+        ["rclone", "copy", "--multi-thread-streams", "4", "--multi-thread-cutoff", "1M", "-vv",
+         "--config", os.devnull, str(mount.file), str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert file_sha256(tmp_path / NAME) == sha256(reference)
+    # rclone uses parallel ranged reads on local-to-local copies too; prove these
+    # went through the concurrent path rather than one sequential stream.
+    assert "multi-thread copy" in done.stderr, done.stderr[-2000:]
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+def test_remount_gives_identical_size_mtime_inode_and_bytes(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    first = mounts.background(src)
+    st1, sha1 = os.stat(first.file), file_sha256(first.file)
+    first.stop()
+    assert mounted_fstype(first.mnt) is None
+    second = mounts.background(src, first.mnt)
+    st2 = os.stat(second.file)
+    assert (st2.st_size, st2.st_mtime_ns, st2.st_ino) == (st1.st_size, st1.st_mtime_ns, st1.st_ino)
+    assert file_sha256(second.file) == sha1 == sha256(stream_bytes(src))
+
+
+def _locate(src: Path, member: str):
+    from tartapefs import Tape
+
+    with Tape.discover(str(src)) as tape:
+        return tape.locate(member)
+
+
+def test_changed_source_gives_eio_for_that_member_only(mounts, tmp_path):
+    src = build_transfer_tree(tmp_path)
+    mount = mounts.foreground(src)
+    one, two = _locate(src, "data/big/one.bin"), _locate(src, "data/big/two.bin")
+    # Change two.bin after recording (same size, new content and mtime); nothing of it was read yet.
+    with open(src / "big" / "two.bin", "r+b") as f:
+        f.write(b"changed!")
+    assert pread_errno(mount.file, two.body_offset + 100_000, 4096) == errno.EIO
+    assert pread_errno(mount.file, two.offset, 512) == errno.EIO  # its header too
+    # Everything else is still served, from pages that do not touch the changed member.
+    reference_one = content(b"big/one.bin", one.size)
+    fd = os.open(mount.file, os.O_RDONLY)
+    try:
+        assert os.pread(fd, one.size - 8192, one.body_offset) == reference_one[: one.size - 8192]
+        a = _locate(src, "data/a.txt")
+        assert os.pread(fd, a.size, a.body_offset) == content(b"a.txt", a.size)
+    finally:
+        os.close(fd)
+    assert mount.proc.poll() is None, "the daemon must keep serving"
+    assert "big/two.bin" in mount.log_text() and "EIO" in mount.log_text()
+
+
+def test_sigterm_unmounts_and_exits_zero(mounts, tmp_path):
+    mount = mounts.foreground(build_small_tree(tmp_path))
+    mount.proc.send_signal(signal.SIGTERM)
+    assert mount.proc.wait(timeout=DEADLINE_S) == 0
+    assert mounted_fstype(mount.mnt) is None
+
+
+def test_background_start_is_ready_and_dash_u_stops_the_daemon(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    mount = mounts.background(src)
+    # Readable the moment the command returned: no waiting.
+    assert file_sha256(mount.file) == sha256(stream_bytes(src))
+    assert len(mount.pids) == 1
+    done = run_mount_cli("-u", mount.mnt)
+    assert done.returncode == 0, done.stderr
+    assert mounted_fstype(mount.mnt) is None
+    wait_until(lambda: pid_gone(mount.pids[0]), "daemon exit after -u")
+
+
+def test_after_kill_9_the_next_mount_works(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    dead = mounts.foreground(src)
+    dead.proc.kill()
+    dead.proc.wait()
+    assert is_stale(dead.mnt)
+    again = mounts.background(src, dead.mnt)
+    assert file_sha256(again.file) == sha256(stream_bytes(src))
+
+
+def test_systemd_notify_ready_then_stopping(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = f"tartapefs-test-{os.getpid()}-{id(tmp_path)}"
+    sock.bind("\0" + address)  # abstract namespace, as systemd's own socket
+    sock.settimeout(DEADLINE_S)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([*TARTAPE_MOUNT, str(src), str(mnt), "-f"],
+                            env={**daemon_env(), "NOTIFY_SOCKET": "@" + address},
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready.splitlines()
+        assert (mnt / NAME).exists()  # READY=1 means usable
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096).decode() == "STOPPING=1"
+        assert proc.wait(timeout=DEADLINE_S) == 0
+    finally:
+        sock.close()
+        force_unmount(mnt)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- user errors: one line, non-zero, no traceback ----------------------------------------
+
+
+def _bad_case(tmp_path: Path, mounts: Mounts, case: str) -> tuple[list[Path], str]:
+    src = build_small_tree(tmp_path)
+    mnt = tmp_path / "mnt"
+    if case == "missing source":
+        return [tmp_path / "nope", mnt], "does not exist"
+    if case == "source is a file":
+        (tmp_path / "file").write_text("x")
+        return [tmp_path / "file", mnt], "not a folder"
+    if case == "missing mount point":
+        return [src, tmp_path / "nope"], "does not exist"
+    if case == "mount point is a file":
+        (tmp_path / "file").write_text("x")
+        return [src, tmp_path / "file"], "not a folder"
+    if case == "already mounted":
+        existing = mounts.foreground(src)
+        return [src, existing.mnt], "already mounted"
+    if case == "mount point hides the source":
+        return [src, src], "hide the source"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing source", "source is a file", "missing mount point",
+                                  "mount point is a file", "already mounted",
+                                  "mount point hides the source"])
+def test_bad_input_gives_one_line_and_nonzero_exit(mounts, tmp_path, case):
+    (tmp_path / "mnt").mkdir()
+    args, reason = _bad_case(tmp_path, mounts, case)
+    done = run_mount_cli(*args)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0], done.stderr
+    # The message names the path at fault.
+    assert any(str(a) in lines[0] for a in args), lines[0]
+    assert daemon_pids(args[1]) == []
+
+
+def test_unmounting_what_is_not_mounted_is_one_line(tmp_path):
+    done = run_mount_cli("-u", tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"tartape-mount: {tmp_path}: not mounted"]
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    if len(TARTAPE_MOUNT) != 1:
+        pytest.skip("the tartape-mount console script is not installed next to this Python")
+    unit = Path(__file__).resolve().parent.parent / "systemd" / "tartape-mount@.service"
+    shutil.copy(unit, tmp_path / unit.name)
+    # The unit names tartape-mount bare (systemd's search path); this test's copy may live in
+    # a virtualenv, so point ExecStart at it with a drop-in, as the unit's comment documents.
+    dropin = tmp_path / f"{unit.name}.d"
+    dropin.mkdir()
+    (dropin / "venv.conf").write_text(
+        "[Service]\nExecStart=\n"
+        f"ExecStart={TARTAPE_MOUNT[0]} -f $OPTIONS ${{SOURCE}} ${{MOUNTPOINT}}\n"
+    )
+    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "tartape-mount@test.service")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # verify exits 0 on many mistakes (a bad Type=, unknown keys) and only warns.
+    assert "tartape-mount@" not in done.stderr, done.stderr
+
+
+def test_hard_tree_through_the_mount(hard_tree, mounts, tmp_path):
+    """Every hard corner (long and non-UTF-8 names, hard links, old and far mtimes) read by
+    GNU tar through the mount."""
+    mount = mounts.background(hard_tree.root)
+    assert file_sha256(mount.file) == sha256(stream_bytes(hard_tree.root))
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(mount.file), "-C", str(out)], check=True, env=C_LOCALE,
+                   capture_output=True)
+    assert tree_differences(hard_tree.root, out / hard_tree.root.name) == []
