@@ -186,23 +186,29 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
-def _ustar(h: Header, name: bytes, prefix: bytes, linkname: bytes) -> bytes:
-    def clamp(value: int, limit: int) -> int:
-        return value if 0 <= value <= limit else 0  # the real value is in the PAX header
+def _fit(value: int, limit: int) -> int:
+    return value if 0 <= value <= limit else 0  # the real value is in the PAX header
 
+
+def _ustar(h: Header, name: bytes, prefix: bytes, linkname: bytes) -> bytes:
     return _ustar_block(
         name=name,
         prefix=prefix,
         mode=h.mode & 0o7777,
-        uid=clamp(h.uid, _MAX_OCT8),
-        gid=clamp(h.gid, _MAX_OCT8),
-        size=clamp(h.size, _MAX_OCT12),
-        mtime=clamp(h.mtime, _MAX_OCT12),
+        uid=_fit(h.uid, _MAX_OCT8),
+        gid=_fit(h.gid, _MAX_OCT8),
+        size=_fit(h.size, _MAX_OCT12),
+        mtime=_fit(h.mtime, _MAX_OCT12),
         typeflag=_TYPEFLAG[h.kind],
         linkname=linkname,
         uname=h.uname[:_OWNER_MAX],
         gname=h.gname[:_OWNER_MAX],
     )
+
+
+# The checksum counts its own field as eight spaces; the magic and version are
+# constant; every other constant byte of the block is NUL and adds nothing.
+_CONSTANT_SUM = sum(b"        ") + sum(b"ustar\x0000")
 
 
 def _ustar_block(
@@ -219,15 +225,15 @@ def _ustar_block(
     uname: bytes,
     gname: bytes,
 ) -> bytes:
-    block = b"".join(
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    # Summing only the variable fields is several times faster than summing 512 bytes.
+    checksum = _CONSTANT_SUM + sum(name) + sum(numbers) + typeflag[0] + sum(linkname)
+    checksum += sum(uname) + sum(gname) + sum(prefix)
+    return b"".join(
         (
             name.ljust(100, b"\0"),
-            b"%07o\0" % mode,
-            b"%07o\0" % uid,
-            b"%07o\0" % gid,
-            b"%011o\0" % size,
-            b"%011o\0" % mtime,
-            b"        ",  # checksum is computed with this field as spaces
+            numbers,  # mode, uid, gid, size, mtime
+            b"%06o\0 " % checksum,
             typeflag,
             linkname.ljust(100, b"\0"),
             b"ustar\x0000",
@@ -238,4 +244,3 @@ def _ustar_block(
             bytes(12),
         )
     )
-    return b"%s%06o\0 %s" % (block[:148], sum(block), block[156:])

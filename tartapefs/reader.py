@@ -36,7 +36,6 @@ from .errors import SourceChangedError, UsageError
 from .layout import Member
 
 _WINDOW = 64  # members fetched per index query
-_HEADER_CACHE = 64
 
 
 class TapeReader:
@@ -59,7 +58,6 @@ class TapeReader:
             raise UsageError(f"{root}: cannot open the source folder ({err.strerror})") from None
         self._max_open = max(1, max_open_files)
         self._fds: OrderedDict[int, int] = OrderedDict()  # member offset -> fd
-        self._headers: OrderedDict[int, bytes] = OrderedDict()
         self._window: list[Member] = []
         self._starts: list[int] = []
 
@@ -74,24 +72,32 @@ class TapeReader:
         if offset < 0 or size < 0:
             raise UsageError(f"read: negative offset or size ({offset}, {size})")
         end = min(offset + size, self.total_size)
-        parts = []
+        parts: list[bytes] = []
         pos = offset
         while pos < end:
             if pos >= self._footer:
                 parts.append(bytes(end - pos))
                 break
             m = self.member_at(pos)
-            if pos < m.body_offset:
-                stop = min(end, m.body_offset)
-                parts.append(self.header(m)[pos - m.offset : stop - m.offset])
-            elif pos < m.body_end:
-                stop = min(end, m.body_end)
-                parts.append(self.body(m, pos - m.body_offset, stop - pos))
-            else:
-                stop = min(end, m.end)
-                parts.append(bytes(stop - pos))
+            stop = min(end, m.end)
+            self._member_bytes(m, pos, stop, parts)
             pos = stop
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _member_bytes(self, m: Member, pos: int, stop: int, parts: list[bytes]) -> None:
+        """Append ``m``'s bytes from tape offset ``pos`` to ``stop``; its source is checked once."""
+        fd = self._checked_fd(m) if m.kind == fmt.FILE else -1
+        body_offset = m.offset + m.header_size
+        if pos < body_offset:
+            parts.append(fmt.encode_header(m.header)[pos - m.offset : min(stop, body_offset) - m.offset])
+            pos = body_offset
+        body_end = body_offset + m.size
+        if pos < stop and pos < body_end:
+            n = min(stop, body_end) - pos
+            parts.append(self._pread(m, fd, n, pos - body_offset))
+            pos += n
+        if pos < stop:
+            parts.append(bytes(stop - pos))
 
     def member_at(self, offset: int) -> Member:
         """The member holding ``offset`` (which must be before the footer)."""
@@ -106,17 +112,13 @@ class TapeReader:
         """The header bytes of ``m``; for a regular file, only after its source checks out."""
         if m.kind == fmt.FILE:
             self._checked_fd(m)
-        cached = self._headers.get(m.offset)
-        if cached is None:
-            cached = fmt.encode_header(m.header)
-            self._headers[m.offset] = cached
-            if len(self._headers) > _HEADER_CACHE:
-                self._headers.popitem(last=False)
-        return cached
+        return fmt.encode_header(m.header)
 
     def body(self, m: Member, start: int, size: int) -> bytes:
         """``size`` bytes of ``m``'s body from ``start`` (relative to the body), checked."""
-        fd = self._checked_fd(m)
+        return self._pread(m, self._checked_fd(m), size, start)
+
+    def _pread(self, m: Member, fd: int, size: int, start: int) -> bytes:
         data = os.pread(fd, size, start)
         if len(data) != size:
             self._forget(m)
@@ -247,10 +249,13 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+_hows: dict[int, _OpenHow] = {}  # flags -> a prebuilt open_how (few distinct flag sets)
+
 try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _syscall = _libc.syscall
+    _syscall = ctypes.CDLL(None, use_errno=True).syscall
     _syscall.restype = ctypes.c_long
+    _syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
     _have_openat2 = True
 except (OSError, AttributeError):
     _have_openat2 = False
@@ -263,14 +268,10 @@ def _open_beneath(root_fd: int, source: bytes, flags: int) -> int:
     """
     global _have_openat2
     if _have_openat2 and len(source) < _PATH_MAX:
-        how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-        fd = _syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_long(root_fd),
-            ctypes.c_char_p(source),
-            ctypes.byref(how),
-            ctypes.c_long(ctypes.sizeof(how)),
-        )
+        how = _hows.get(flags)
+        if how is None:
+            how = _hows[flags] = _OpenHow(flags, 0, _RESOLVE)
+        fd = _syscall(_SYS_OPENAT2, root_fd, source, ctypes.addressof(how), ctypes.sizeof(how))
         if fd >= 0:
             return fd
         code = ctypes.get_errno()
