@@ -158,6 +158,24 @@ def test_record_warns_about_a_fifo_and_leaves_it_out(small_tree):
     assert "data/pipe" not in names_in(ok("stream", small_tree))
 
 
+def test_stream_of_a_changed_source_fails_naming_the_member_and_leaves_no_file(recorded, tmp_path):
+    src, _, archive = recorded
+    os.truncate(src / "sub" / "c.txt", 10)
+    proc = tartape("stream", src)
+    assert_user_error(proc)
+    assert b"data/sub/c.txt" in proc.stderr and archive.startswith(proc.stdout)
+    assert len(proc.stdout) < len(archive)
+    assert_user_error(tartape("stream", src, "-o", tmp_path / "out.tar"))
+    assert list(tmp_path.glob("out.tar*")) == []
+
+
+def test_stream_into_a_pipe_closed_early_ends_quietly(hard_tree, hard_tape):
+    proc = subprocess.run(f"'{TARTAPE}' stream '{hard_tree.root}' | head -c 100 >/dev/null; "
+                          "echo ${PIPESTATUS[0]} >&2", shell=True, executable="/bin/bash",
+                          capture_output=True, env=UTF8)
+    assert b"Traceback" not in proc.stderr and proc.stderr.split()[-1] in (b"0", b"141")
+
+
 # --- user errors: one line on stderr, non-zero exit, no traceback ------------------------
 
 
@@ -193,6 +211,23 @@ def test_a_corrupted_index_is_a_one_line_error(recorded, command):
     proc = tartape(command, src, *extra)
     assert_user_error(proc)
     assert proc.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["ls", "stream", "verify"])
+def test_an_index_damaged_in_the_middle_is_a_one_line_error(hard_tree, tmp_path, command):
+    index = tmp_path / "i.db"
+    ok("record", hard_tree.root, "--index", index)
+    with open(index, "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"Z" * (os.path.getsize(index) - 8192))
+    assert_user_error(tartape(command, hard_tree.root, "--index", index))
+
+
+def test_an_index_of_another_folder_is_a_one_line_error(recorded, tmp_path):
+    src, tape, _ = recorded
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_user_error(tartape("info", other, "--index", tape.index_path))
 
 
 @pytest.mark.parametrize("command", ["info", "ls", "stream", "verify"])

@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tartapefs import TapeReader
 from trees import (SPARSE_SIZE, build_sparse_tree, expected_names, record, snapshot,
@@ -118,6 +120,21 @@ def test_anonymized_owners_have_uid_gid_zero_and_one_name(archive_file):
     assert len(owners) == 1 and next(iter(owners))[:2] == (0, 0)
 
 
+def test_pax_records_appear_exactly_where_ustar_cannot_hold_the_field(hard_tape, hard_archive):
+    """The tree must reach every PAX case, and plain members must stay plain ustar."""
+    def header(name: bytes) -> bytes:
+        m = hard_tape.locate(b"data/" + name)
+        return hard_archive[m.offset:m.body_offset]
+
+    assert b" hdrcharset=BINARY\n" in header(b"names/" + b"bin\xff\xfe" * 26 + b"/")  # 131-byte component
+    assert b" mtime=-1000000000\n" in header(b"times/before_1970")
+    assert b" mtime=9000000000\n" in header(b"times/after_2242")
+    assert b" linkpath=" + b"t" * 150 + b"\n" in header(b"links/long_target")
+    assert b" path=data/names/" + b"c" * 200 + b"\n" in header(b"names/" + b"c" * 200)
+    for plain in (b"sizes/size_513", b"names/\xff\xfe", b"long/" + b"a" * 60 + b"/" + b"b" * 60):
+        assert len(header(plain)) == 512, plain
+
+
 # --- GNU tar and bsdtar ------------------------------------------------------------------
 
 
@@ -185,6 +202,20 @@ def test_seeded_random_ranges_match_the_whole_archive(hard_tape, hard_archive, r
         o = rng.randrange(0, total + 600)
         n = rng.choice([1, rng.randrange(1, 1024), rng.randrange(1, total + 1)])
         assert reader.read(o, n) == hard_archive[o:o + n], (o, n)
+
+
+def test_a_reader_with_one_open_file_reads_the_same_bytes(hard_tape, hard_archive):
+    with TapeReader(hard_tape, max_open_files=1) as small:
+        for o in range(0, hard_tape.total_size, 700):
+            assert small.read(o, 1500) == hard_archive[o:o + 1500], o
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_range_matches_the_whole_archive(hard_tape, hard_archive, reader, data):
+    o = data.draw(st.integers(0, hard_tape.total_size + 1000), label="offset")
+    n = data.draw(st.integers(0, hard_tape.total_size + 1000), label="size")
+    assert reader.read(o, n) == hard_archive[o:o + n]
 
 
 # --- an 8 GiB + 1 byte sparse member, never materialized --------------------------------
