@@ -169,7 +169,7 @@ def _ls(args) -> int:
     with _open(args) as tape:
         write = sys.stdout.write
         for m in tape.members():
-            write(f"{m.offset}\t{m.size}\t{_quote(m.arc_path)}\n")
+            write(f"{m.offset}\t{m.size}\t{_quote(m.display_name)}\n")
     return 0
 
 
@@ -177,7 +177,7 @@ def _locate(args) -> int:
     with _open(args) as tape:
         m = tape.locate(args.member)
         (h0, h1), (b0, b1) = m.header_range, m.body_range
-        print(f"member\t{_quote(m.arc_path)}")
+        print(f"member\t{_quote(m.display_name)}")
         print(f"kind\t{m.kind}")
         print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
         if b1 > b0:
@@ -195,7 +195,7 @@ def _verify(args) -> int:
             reason = reader.check(m)
             if reason:
                 changed += 1
-                print(f"changed\t{_quote(m.arc_path)}\t{reason}")
+                print(f"changed\t{_quote(m.display_name)}\t{reason}")
         if changed:
             print(f"tartape: {changed} of {tape.member_count} members changed since recording; "
                   f"record again (tartape record {args.src})", file=sys.stderr)

@@ -8,6 +8,7 @@ so the total size and every offset are known before a byte is produced.
 from __future__ import annotations
 
 import bisect
+import os
 import hashlib
 from dataclasses import dataclass
 
@@ -43,7 +44,12 @@ class Member:
 
     @property
     def arc_path(self) -> str:
-        """The archive name as text (undecodable bytes escaped), for people."""
+        """The archive name as str; undecodable bytes as surrogates (``os.fsencode`` gives the bytes back)."""
+        return os.fsdecode(self.header.name)
+
+    @property
+    def display_name(self) -> str:
+        """The archive name for people: undecodable bytes shown as ``\\xNN``."""
         return show_path(self.header.name)
 
     @property

@@ -123,7 +123,7 @@ class TapeReader:
         if len(data) != size:
             self._forget(m)
             raise SourceChangedError(
-                m.arc_path, f"short read: {len(data)} of {size} bytes at body offset {start}"
+                m.display_name, f"short read: {len(data)} of {size} bytes at body offset {start}"
             )
         return data
 
@@ -168,7 +168,7 @@ class TapeReader:
             try:
                 fd = _open_beneath(self._root_fd, m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as err:
-                raise SourceChangedError(m.arc_path, _open_failure(err)) from None
+                raise SourceChangedError(m.display_name, _open_failure(err)) from None
             self._fds[m.offset] = fd
             if len(self._fds) > self._max_open:
                 os.close(self._fds.popitem(last=False)[1])
@@ -177,7 +177,7 @@ class TapeReader:
         reason = _mismatch(m, os.fstat(fd), check_size=True)
         if reason:
             self._forget(m)
-            raise SourceChangedError(m.arc_path, reason)
+            raise SourceChangedError(m.display_name, reason)
         return fd
 
     def _forget(self, m: Member) -> None:

@@ -92,7 +92,7 @@ def test_ls_lists_one_line_per_member_with_offset_and_size(hard_tree, hard_tape,
     for line, m in zip(lines, members):
         offset, size, name = line.split(b"\t", 2)
         assert (int(offset), int(size)) == (m.offset, m.size)
-        if m.arc_path == os.fsdecode(m.name):  # valid UTF-8: shown as is, \n and \t escaped
+        if m.display_name == m.arc_path:  # valid UTF-8: shown as is, \n and \t escaped
             assert name == m.name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")
 
 
@@ -149,6 +149,15 @@ def test_record_options_prefix_keep_owner_and_exclude(small_tree, tmp_path):
     ok("record", small_tree, "--prefix", "X", "--keep-owner")
     with tarfile.open(fileobj=io.BytesIO(ok("stream", small_tree))) as tf:
         assert (tf.getmember("X/b.txt").uid, tf.getmember("X/b.txt").gid) == (4321, 8765)
+
+
+def test_an_index_kept_directly_in_the_source_verifies_clean_right_after_recording(small_tree):
+    """Writing SRC/idx.db (and its temporary file) changes SRC's mtime, a byte of the archive."""
+    index = small_tree / "idx.db"
+    ok("record", small_tree, "--index", index)
+    assert "data/idx.db" not in names_in(ok("stream", small_tree, "--index", index))
+    proc = tartape("verify", small_tree, "--index", index)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_record_warns_about_a_fifo_and_leaves_it_out(small_tree):
