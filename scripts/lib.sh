@@ -67,12 +67,14 @@ tt_find_python() {
 }
 
 # Creates REPO/.venv and installs the project editable with its fuse and test extras.
-# The install is redone only when pyproject.toml changes (a stamp holds its hash); the package
-# itself is editable, so source changes need no reinstall.
+# The install is redone only when pyproject.toml changes, or the package gains or loses its
+# __init__.py (setuptools' editable finder records a package without one as a namespace, and
+# the import then fails); source changes otherwise need no reinstall.
 tt_venv_setup() {
     local venv="$TT_REPO/.venv" stamp want python
     stamp="$venv/.tartapefs-installed"
-    want=$(sha256sum "$TT_REPO/pyproject.toml" | cut -d' ' -f1)
+    want=$( { cat "$TT_REPO/pyproject.toml"; ls "$TT_REPO"/*/__init__.py 2>/dev/null; } |
+        sha256sum | cut -d' ' -f1)
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
