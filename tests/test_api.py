@@ -153,6 +153,13 @@ def test_recording_in_place_twice_gives_identical_bytes_and_leaves_the_index_out
     assert not any(b".tartape" in n for n in archive_names(first))
 
 
+def test_only_the_top_level_tartape_folder_is_left_out(small_tree):
+    (small_tree / "sub" / ".tartape").mkdir()
+    (small_tree / "sub" / ".tartape" / "keep").write_bytes(b"user data")
+    names = archive_names(archive_of(record(small_tree)))
+    assert b"data/sub/.tartape/keep" in names and b"data/.tartape/" not in names
+
+
 def _keep_parent_mtime(path: Path, change) -> None:
     """Apply ``change`` and restore the parent's mtime, so only one field differs."""
     st = os.stat(path.parent)

@@ -75,12 +75,19 @@ def dir_moved_out_and_symlinked(root: Path, outside: Path) -> tuple[str, ...]:
     return SWAPPED
 
 
+def file_moved_out_and_symlinked(root: Path, outside: Path) -> tuple[str, ...]:
+    """The same inode, reached through a symlink: following it would serve outside bytes."""
+    os.rename(root / "a.txt", outside / "a.txt")
+    os.symlink(outside / "a.txt", root / "a.txt")
+    return (FILE,)
+
+
 MUTATIONS = [grow, shrink, truncate_to_zero, replace_same_size_and_mtime, delete, touch, chmod,
-             dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked]
+             file_moved_out_and_symlinked, dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked]
 # With a descriptor already open from an earlier read, these leave the promised bytes
 # readable through it; serving exactly those is acceptable, anything else is not.
-OLD_FD_STILL_VALID = {replace_same_size_and_mtime, delete, dir_swapped_for_symlink_to_a_copy,
-                      dir_moved_out_and_symlinked}
+OLD_FD_STILL_VALID = {replace_same_size_and_mtime, delete, file_moved_out_and_symlinked,
+                      dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked}
 
 
 @pytest.fixture
