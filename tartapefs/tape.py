@@ -28,6 +28,7 @@ from .scan import Entry, Excluder, walk
 
 INDEX_DIR = ".tartape"
 INDEX_NAME = "index.db"
+_INDEX_DIR_BYTES = INDEX_DIR.encode()
 
 
 class Tape:
@@ -135,9 +136,11 @@ class TapeRecorder:
         """Scan the source and write the index; returns the fingerprint (hex)."""
         # The index folder is created before the scan: creating SRC/.tartape
         # changes SRC's own mtime, which is part of the archive.
-        index_path = self.index_path or _prepare_default_index(self.src)
-        own = _own_files(self.src, index_path)
-        entries = walk(self.src, Excluder(self.exclude), own, self.progress)
+        index_path = self.index_path or default_index_path(self.src)
+        _check_index_place(self.src, index_path)
+        if self.index_path is None or _in_own_dir(self.src, index_path):
+            _make_index_dir(index_path)
+        entries = walk(self.src, Excluder(self.exclude), _is_own, self.progress)
         fingerprint = Fingerprint()
         stats = {"offset": 0, "count": 0, "mtime": 0}
 
@@ -239,33 +242,31 @@ def index_candidates(src: str) -> tuple[str, str]:
     )
 
 
-def _prepare_default_index(src: str) -> str:
-    path = default_index_path(src)
+def _make_index_dir(index_path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(index_path))
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"{os.path.dirname(path)}: cannot create the index folder ({err.strerror})") from None
-    return path
+        raise UsageError(f"{directory}: cannot create the index folder ({err.strerror})") from None
 
 
-def _own_files(src: str, index_path: str) -> Callable[[bytes], bool]:
-    """Leave tartapefs' own files out of the archive: SRC/.tartape and an index kept inside SRC."""
-    own = {INDEX_DIR.encode()}
-    index_abs = os.path.realpath(index_path)
-    if index_abs.startswith(src + os.sep):
-        rel = os.fsencode(os.path.relpath(index_abs, src))
-        own.update({rel, rel + b"-journal", rel + b"-wal"})
-    base = os.fsencode(os.path.basename(index_abs))
-    index_dir = os.fsencode(os.path.relpath(os.path.dirname(index_abs), src))
+def _in_own_dir(src: str, index_path: str) -> bool:
+    return os.path.realpath(index_path).startswith(os.path.join(src, INDEX_DIR) + os.sep)
 
-    def is_own(source: bytes) -> bool:
-        if source in own:
-            return True
-        # the writer's temporary file (<index>.<pid>.tmp) next to the index
-        head, _, name = source.rpartition(b"/")
-        return (head or b".") == index_dir and name.startswith(base + b".") and name.endswith(b".tmp")
 
-    return is_own
+def _check_index_place(src: str, index_path: str) -> None:
+    """An index may live outside SRC or in SRC/.tartape/ (left out of the archive), nowhere
+    else in SRC: writing it would change its folder's mtime, a byte of the archive it indexes."""
+    if (os.path.realpath(index_path) + os.sep).startswith(src + os.sep) and not _in_own_dir(src, index_path):
+        raise UsageError(
+            f"--index {index_path}: inside the source folder, where writing it would change the "
+            f"archive it describes; put it outside {src} or in {os.path.join(src, INDEX_DIR)}/"
+        )
+
+
+def _is_own(source: bytes) -> bool:
+    """tartapefs' own folder SRC/.tartape is never part of the archive."""
+    return source == _INDEX_DIR_BYTES
 
 
 def _source_dir(src: str) -> str:

@@ -151,13 +151,15 @@ def test_record_options_prefix_keep_owner_and_exclude(small_tree, tmp_path):
         assert (tf.getmember("X/b.txt").uid, tf.getmember("X/b.txt").gid) == (4321, 8765)
 
 
-def test_an_index_kept_directly_in_the_source_verifies_clean_right_after_recording(small_tree):
-    """Writing SRC/idx.db (and its temporary file) changes SRC's mtime, a byte of the archive."""
+def test_an_index_inside_the_source_but_outside_tartape_dir_is_refused(small_tree):
+    """Writing SRC/idx.db (and its temporary file) would change SRC's mtime, a byte of the archive."""
     index = small_tree / "idx.db"
-    ok("record", small_tree, "--index", index)
-    assert "data/idx.db" not in names_in(ok("stream", small_tree, "--index", index))
-    proc = tartape("verify", small_tree, "--index", index)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = tartape("record", small_tree, "--index", index)
+    assert proc.returncode != 0 and not index.exists()
+    assert len(proc.stderr.splitlines()) == 1 and b"inside the source folder" in proc.stderr
+    # its own folder SRC/.tartape is fine: it is left out of the archive
+    ok("record", small_tree, "--index", small_tree / ".tartape" / "other.db")
+    ok("verify", small_tree, "--index", small_tree / ".tartape" / "other.db")
 
 
 def test_record_warns_about_a_fifo_and_leaves_it_out(small_tree):
