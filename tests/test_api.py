@@ -18,7 +18,8 @@ from tartapefs import Tape, TapePlayer, TapeRecorder
 from tartapefs.errors import (IndexCorruptError, IndexMissingError, IndexVersionError,
                               MemberNotFoundError, UsageError)
 from tartapefs.tape import open_or_record
-from trees import PRE_1970, archive_of, build_hard_tree, expected_names, record, snapshot
+from trees import (PRE_1970, archive_of, build_deep_tree, build_hard_tree, expected_names, record,
+                   snapshot)
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
@@ -63,6 +64,16 @@ def test_every_member_is_found_by_its_name_and_its_arc_path(hard_tape):
 def test_locate_an_unknown_member_raises_member_not_found(hard_tape):
     with pytest.raises(MemberNotFoundError):
         hard_tape.locate("data/no/such/file")
+
+
+def test_a_member_beyond_path_max_from_the_root_is_recorded_and_read(tmp_path):
+    parent = tmp_path / ("P" * 200) / ("Q" * 200)
+    parent.mkdir(parents=True)
+    root, leaf, data = build_deep_tree(parent, below=3800)
+    assert len(os.fsencode(root)) + len(leaf) > 4096
+    archive = archive_of(record(root, index_path=str(tmp_path / "i.db")))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        assert tf.extractfile("data/" + os.fsdecode(leaf)).read() == data
 
 
 def test_discover_an_unrecorded_folder_raises_index_missing(small_tree):

@@ -144,7 +144,7 @@ def build_hard_tree(parent: Path, name: str = "data") -> HardTree:
     b.dir(b"long/" + b"p" * 120)
     b.dir(b"long/" + b"p" * 120 + b"/" + b"q" * 120)
     f(b"long/" + b"p" * 120 + b"/" + b"q" * 120 + b"/" + b"r" * 40, 600)   # > 255: PAX path
-    _deep_chain(tree, b, f)
+    tree.deep_file = _deep_chain(b, f, min(4000, 4090 - len(b.root)) - len(tree.name) - len(b"/deep/"))
     b.dir(b"links")
     b.symlink(b"links/dangling", b"does/not/exist")
     b.symlink(b"links/long_target", b"t" * 150)              # > 100: PAX linkpath
@@ -166,9 +166,9 @@ def build_hard_tree(parent: Path, name: str = "data") -> HardTree:
     return tree
 
 
-def _deep_chain(tree: HardTree, b: _Builder, f) -> None:
-    """A member name of about 4000 bytes, keeping the absolute path < PATH_MAX."""
-    budget = min(4000, 4090 - len(b.root)) - len(tree.name) - len(b"/deep/")
+def _deep_chain(b: _Builder, f, budget: int) -> bytes:
+    """deep/<200-byte dirs...>/<leaf>, ``budget`` bytes below deep/; returns the leaf's path.
+    The hard tree keeps the absolute path < PATH_MAX, so tools given full paths cope."""
     rel = b"deep"
     b.dir(rel)
     i = 0
@@ -178,7 +178,22 @@ def _deep_chain(tree: HardTree, b: _Builder, f) -> None:
         i += 1
     leaf = rel + b"/" + b"L" * (budget - (len(rel) - 4) - 1)
     f(leaf, 513)
-    tree.deep_file = leaf
+    return leaf
+
+
+def build_deep_tree(parent: Path, below: int, name: str = "data") -> tuple[Path, bytes, bytes]:
+    """A tree whose one file lies ``below`` bytes under deep/, at any depth the caller
+    likes (also beyond PATH_MAX from /). Returns (root, leaf rel path, content)."""
+    root, files = parent / name, {}
+    b = _Builder(root)
+
+    def f(rel: bytes, size: int) -> None:
+        files[rel] = content(rel, size)
+        b.file(rel, files[rel])
+
+    leaf = _deep_chain(b, f, below)
+    b.finish()
+    return root, leaf, files[leaf]
 
 
 def build_sparse_tree(parent: Path, name: str = "sparse") -> tuple[Path, bytes]:
