@@ -261,6 +261,19 @@ def test_playing_from_an_offset_yields_the_archive_from_there(hard_tape, hard_ar
     assert all(e.metadata.md5sum is not None for e in ends[1:])
 
 
+def test_a_stream_abandoned_midway_closes_its_source_files(hard_tape):
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    events = TapePlayer(hard_tape).play(chunk_size=512)
+    for _, event in zip(range(200), events):
+        pass
+    assert event.type != "tape_completed" and open_fds() > before
+    events.close()
+    assert open_fds() == before
+
+
 @pytest.mark.parametrize("start", [-1, "past_end"])
 def test_playing_from_outside_the_tape_is_a_usage_error(hard_tape, start):
     start = hard_tape.total_size + 1 if start == "past_end" else start

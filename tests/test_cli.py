@@ -210,6 +210,12 @@ def test_a_start_offset_outside_the_tape_is_a_one_line_error(recorded, offset):
     assert proc.stdout == b""
 
 
+@pytest.mark.parametrize("prefix", ["../x", "a/../b", "."])
+def test_a_prefix_with_dot_parts_is_a_one_line_error(small_tree, prefix):
+    assert_user_error(tartape("record", small_tree, "--prefix", prefix))
+    assert not (small_tree / ".tartape" / "index.db").exists()
+
+
 def test_locate_an_unknown_member_is_a_one_line_error(recorded):
     assert_user_error(tartape("locate", recorded[0], "data/no/such"))
 
