@@ -73,6 +73,10 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
     except TartapeError as err:
         readiness.failed(str(err))
         return 1
+    except OSError as err:
+        # Not wrapped by the core (e.g. the index folder cannot be created).
+        readiness.failed(f"{err.filename or args.src}: {err.strerror}")
+        return 1
     try:
         log.info(
             "serving %s: %d bytes, %d members, from %s (index %s)",
@@ -88,15 +92,21 @@ async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readine
         pyfuse3.init(fs, args.mountpoint, options)
     except RuntimeError as err:
         # libfuse has printed its own reason on stderr just before.
-        readiness.failed(f"{args.mountpoint}: mounting failed ({err})")
+        readiness.failed(f"{args.mountpoint}: mounting failed ({err}; libfuse says why above)")
         return 1
+    served = os.path.join(args.mountpoint, args.name)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal)
             nursery.start_soon(_fuse_loop, nursery.cancel_scope)
-            st = await _until_usable(os.path.join(args.mountpoint, args.name))
+            try:
+                st = await _until_usable(served)
+            except OSError as err:
+                readiness.failed(f"{served}: the new mount does not answer ({err.strerror})")
+                nursery.cancel_scope.cancel()
+                return 1
             _tune_read_ahead(st.st_dev)
-            log.info("mounted %s", os.path.join(args.mountpoint, args.name))
+            log.info("mounted %s", served)
             readiness.ready(f"serving {args.name}")
             if args.ready_fd is not None:
                 detach_stdio(args)

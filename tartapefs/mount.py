@@ -34,7 +34,8 @@ log = logging.getLogger("tartapefs.mount")
 PROG = "tartape-mount"
 FSTYPE = "fuse.tartapefs"
 # Bigger kernel read-ahead turns buffered 128 KiB requests into 1 MiB ones
-# (DESIGN.md, "FUSE facts"); value in KiB.
+# (DESIGN.md, "FUSE facts"); value in KiB. Measured on a 1.1 GB tape from
+# page-cached sources: dd bs=1M 0.5-0.9 -> 1.3-2.6 GB/s, cat 0.9-1.2 -> 1.4-2.7.
 READ_AHEAD_KB = 1024
 # Options that must not reach libfuse: 'max_read=' breaks the pyfuse3 session
 # (init mismatch), and the archive is read-only by nature.
@@ -60,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
     p.add_argument("--direct-io", action="store_true",
-                   help="bypass the page cache (faster for 1 MiB reads, much slower for small ones)")
+                   help="bypass the page cache: each read() arrives whole (measured: dd bs=1M "
+                        "2.5-2.9 GB/s instead of 1.5, but 10 KiB reads 0.1 instead of 1.4)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", metavar="PATH",
                    help="log here (default: stderr in the foreground, syslog in the background)")
