@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import (DEADLINE_S, NAME, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
+from mountutil import (DEADLINE_S, NAME, TARTAPE, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
                        force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
                        run_mount_cli, stream_bytes, wait_until)
 from trees import _Builder, build_small_tree, content, tree_differences
@@ -272,7 +272,21 @@ def test_changed_source_gives_eio_for_that_member_only(mounts, tmp_path):
     finally:
         os.close(fd)
     assert mount.proc.poll() is None, "the daemon must keep serving"
-    assert "big/two.bin" in mount.log_text() and "EIO" in mount.log_text()
+    # One log line names the mount, the member and the reason.
+    lines = [line for line in mount.log_text().splitlines() if "big/two.bin" in line]
+    assert lines and str(mount.mnt) in lines[0] and "EIO" in lines[0]
+
+
+def test_name_and_index_options(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    index = tmp_path / "elsewhere" / "my.db"
+    index.parent.mkdir()
+    mount = mounts.background(src, None, "--name", "photos.tar", "--index", str(index))
+    assert os.listdir(mount.mnt) == ["photos.tar"]
+    assert index.exists() and not (src / ".tartape").exists()
+    reference = subprocess.run([*TARTAPE, "stream", str(src), "--index", str(index)],
+                               capture_output=True, check=True).stdout
+    assert file_sha256(mount.mnt / "photos.tar") == sha256(reference)
 
 
 def test_sigterm_unmounts_and_exits_zero(mounts, tmp_path):
@@ -351,12 +365,16 @@ def _bad_case(tmp_path: Path, mounts: Mounts, case: str) -> tuple[list[Path], st
         return [src, existing.mnt], "already mounted"
     if case == "mount point hides the source":
         return [src, src], "hide the source"
+    if case == "corrupt index":
+        (src / ".tartape").mkdir(exist_ok=True)
+        (src / ".tartape" / "index.db").write_bytes(b"not an index" * 100)
+        return [src, mnt], "index.db"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["missing source", "source is a file", "missing mount point",
                                   "mount point is a file", "already mounted",
-                                  "mount point hides the source"])
+                                  "mount point hides the source", "corrupt index"])
 def test_bad_input_gives_one_line_and_nonzero_exit(mounts, tmp_path, case):
     (tmp_path / "mnt").mkdir()
     args, reason = _bad_case(tmp_path, mounts, case)
