@@ -49,10 +49,9 @@ class TapeEvent:
 class TapePlayer:
     """Plays a tape as events. ``source_root`` defaults to the recorded folder."""
 
-    def __init__(self, tape, source_root: str | None = None, max_open_files: int = 16) -> None:
+    def __init__(self, tape, source_root: str | None = None) -> None:
         self.tape = tape
         self.source_root = source_root
-        self.max_open_files = max_open_files
 
     def play(self, start_offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[TapeEvent]:
         """Events from byte ``start_offset`` (0 <= start_offset <= total_size).
@@ -66,7 +65,7 @@ class TapePlayer:
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, not {chunk_size}")
         footer = total - len(fmt.FOOTER)
-        with TapeReader(self.tape, self.source_root, self.max_open_files) as reader:
+        with TapeReader(self.tape, self.source_root) as reader:
             if start_offset < footer:
                 for member in self.tape.members(start_offset):
                     yield from self._member(reader, member, max(start_offset, member.offset), chunk_size)

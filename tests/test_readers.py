@@ -204,10 +204,15 @@ def test_seeded_random_ranges_match_the_whole_archive(hard_tape, hard_archive, r
         assert reader.read(o, n) == hard_archive[o:o + n], (o, n)
 
 
-def test_a_reader_with_one_open_file_reads_the_same_bytes(hard_tape, hard_archive):
-    with TapeReader(hard_tape, max_open_files=1) as small:
+def test_a_reader_holds_no_source_file_open_between_reads(hard_tape, hard_archive):
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with TapeReader(hard_tape) as reader:
+        before = open_fds()
         for o in range(0, hard_tape.total_size, 700):
-            assert small.read(o, 1500) == hard_archive[o:o + 1500], o
+            assert reader.read(o, 1500) == hard_archive[o:o + 1500], o
+            assert open_fds() == before
 
 
 @settings(max_examples=300, deadline=None)
