@@ -142,7 +142,7 @@ def _canonical(path: str) -> str:
 
 def _stat_folder(path: str, role: str) -> None:
     """Raise UsageError unless ``path`` is an existing folder; ``role`` names
-    it in the message ("source folder", "mount point")."""
+    it in the message ("source", "mount point")."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -154,7 +154,7 @@ def _stat_folder(path: str, role: str) -> None:
 
 
 def check_source(src: str) -> None:
-    _stat_folder(src, "source folder")
+    _stat_folder(src, "source")
 
 
 def check_mountpoint(mnt: str, src: str) -> None:
@@ -192,7 +192,8 @@ def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:
             raise UsageError(f"{mnt}: stale mount could not be cleared ({complaint}); "
                              f"run: fusermount3 -uz {mnt}") from None
         return
-    raise UsageError(f"{mnt}: already mounted ({fstype}); unmount it first: {PROG} -u {mnt}")
+    how = f": {PROG} -u {mnt}" if fstype == FSTYPE else ""
+    raise UsageError(f"{mnt}: already mounted ({fstype}); unmount it first{how}")
 
 
 def _fusermount(mnt: str, lazy: bool = False) -> str | None:

@@ -175,8 +175,14 @@ class Mounts:
         return m
 
     def stop_all(self) -> None:
+        """Stop every mount, even if stopping one of them fails."""
+        failures = []
         for m in reversed(self.started):
-            m.stop()
+            try:
+                m.stop()
+            except Exception as err:  # keep going: the others must not outlive the test
+                failures.append(f"{m.mnt}: {err!r}")
+        assert not failures, failures
 
 
 def pread_errno(path: Path, offset: int, size: int) -> int | None:
