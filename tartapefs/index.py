@@ -31,6 +31,7 @@ _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
 _COLUMNS = (
     "offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, uid, gid, uname, gname"
 )
+_SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _REQUIRED_META = ("format_version", "total_size", "member_count", "fingerprint", "source_root", "prefix")
 
 
@@ -169,11 +170,14 @@ class IndexWriter:
             self._db.execute("PRAGMA journal_mode=OFF")
             self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute("PRAGMA cache_size=-65536")
-            self._db.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+            self._db.executescript(_SCHEMA)
             self._db.execute("BEGIN")
         except (OSError, sqlite3.Error) as err:
             self.abort()
             raise TartapeError(f"{path}: cannot create the index in {directory} ({_reason(err)})") from None
+        except BaseException:  # KeyboardInterrupt: no temporary file left behind either
+            self.abort()
+            raise
 
     def add_members(self, members: Iterable[Member], keep_owner: bool) -> None:
         """Insert members (in tape order)."""
