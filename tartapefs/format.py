@@ -13,6 +13,10 @@ Pure functions, no I/O. Rules (DESIGN.md, "The bytes"):
 * Everything is deterministic: the PAX header's own name derives from the
   member's name only, and its mtime is 0.
 * A numeric field that moved into PAX is written as 0 in the ustar block.
+* The ustar mtime holds whole seconds. When a member has a PAX header anyway
+  and its mtime has a fraction, the PAX ``mtime`` record carries the exact
+  nanoseconds: GNU tar compares PAX members' mtimes at full precision
+  (``tar --compare``), ustar-only members at whole seconds.
 
 Each encoder has a size function: ``len(encode_header(h)) == header_size(h)``.
 """
@@ -46,7 +50,7 @@ class Header:
 
     ``name`` is the archive name (directories end in ``b"/"``), ``size`` the
     body length in bytes (0 unless ``kind == FILE``), ``mode`` the permission
-    bits (``0o7777``), ``mtime`` whole seconds since the epoch (may be
+    bits (``0o7777``), ``mtime_ns`` nanoseconds since the epoch (may be
     negative), ``linkname`` the symlink target or hard-link target name.
     """
 
@@ -54,12 +58,17 @@ class Header:
     kind: str
     size: int = 0
     mode: int = 0o644
-    mtime: int = 0
+    mtime_ns: int = 0
     linkname: bytes = b""
     uid: int = 0
     gid: int = 0
     uname: bytes = b""
     gname: bytes = b""
+
+    @property
+    def mtime(self) -> int:
+        """Whole seconds since the epoch, rounded down (as ``lstat``'s st_mtime would floor)."""
+        return self.mtime_ns // 1_000_000_000
 
 
 def padding(size: int) -> int:
@@ -154,8 +163,9 @@ def _pax_data(h: Header) -> bytes:
         binary |= not _is_utf8(h.linkname)
     if not 0 <= h.size <= _MAX_OCT12:
         records.append(pax_record(b"size", b"%d" % h.size))
-    if not 0 <= h.mtime <= _MAX_OCT12:
-        records.append(pax_record(b"mtime", b"%d" % h.mtime))
+    # Only called when a PAX header is needed: then an mtime with a fraction goes in exactly.
+    if h.mtime_ns % 1_000_000_000 or not 0 <= h.mtime <= _MAX_OCT12:
+        records.append(pax_record(b"mtime", _decimal_ns(h.mtime_ns)))
     if not 0 <= h.uid <= _MAX_OCT8:
         records.append(pax_record(b"uid", b"%d" % h.uid))
     if not 0 <= h.gid <= _MAX_OCT8:
@@ -170,6 +180,15 @@ def _pax_data(h: Header) -> bytes:
         # Readers must learn the charset before the records it applies to.
         records.insert(0, pax_record(b"hdrcharset", b"BINARY"))
     return b"".join(records)
+
+
+def _decimal_ns(ns: int) -> bytes:
+    """Nanoseconds as a PAX decimal: ``-1.5`` for -1_500_000_000; no float involved."""
+    sign = b"-" if ns < 0 else b""
+    seconds, fraction = divmod(abs(ns), 1_000_000_000)
+    if not fraction:
+        return b"%s%d" % (sign, seconds)
+    return b"%s%d.%s" % (sign, seconds, (b"%09d" % fraction).rstrip(b"0"))
 
 
 def _pax_header_name(name: bytes) -> bytes:

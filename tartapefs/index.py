@@ -133,7 +133,7 @@ class Index:
             kind=kind,
             size=size,
             mode=mode,
-            mtime=mtime_ns // 1_000_000_000,
+            mtime_ns=mtime_ns,
             linkname=linkname or b"",
             uid=uid or 0,
             gid=gid or 0,

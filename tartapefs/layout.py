@@ -124,9 +124,10 @@ class Fingerprint:
     def __init__(self) -> None:
         self._hash = hashlib.sha256(b"tartapefs-bytes-v%d\n" % BYTES_VERSION)
 
-    def add(self, h: fmt.Header) -> None:
+    def add(self, h: fmt.Header, header_size: int) -> None:
         # NUL cannot occur in a name, a link target or an owner name, so
-        # NUL-separated fields in a fixed order are unambiguous.
+        # NUL-separated fields in a fixed order are unambiguous. The mtime's
+        # nanoseconds decide bytes only in a PAX header (header_size > 512).
         self._hash.update(
             b"%s\0%s\0%d\0%d\0%d\0%s\0%d\0%d\0%s\0%s\0"
             % (
@@ -134,7 +135,7 @@ class Fingerprint:
                 h.kind.encode(),
                 h.size,
                 h.mode,
-                h.mtime,
+                h.mtime_ns if header_size > fmt.BLOCK else h.mtime,
                 h.linkname,
                 h.uid,
                 h.gid,

@@ -149,7 +149,7 @@ class TapeRecorder:
                 if not self.prefix and not entry.source:
                     continue  # with no prefix the root folder is not a member
                 member = self._member(entry, stats["offset"])
-                fingerprint.add(member.header)
+                fingerprint.add(member.header, member.header_size)
                 stats["offset"] = member.end
                 stats["count"] += 1
                 stats["mtime"] = max(stats["mtime"], member.mtime)
@@ -187,7 +187,7 @@ class TapeRecorder:
             kind=kind,
             size=st.st_size if kind == fmt.FILE else 0,
             mode=st.st_mode & 0o7777,
-            mtime=st.st_mtime_ns // 1_000_000_000,
+            mtime_ns=st.st_mtime_ns,
             linkname=linkname,
             uid=st.st_uid if self.keep_owner else 0,
             gid=st.st_gid if self.keep_owner else 0,

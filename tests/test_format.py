@@ -39,7 +39,7 @@ def headers(draw, small_size=False):
         kind=kind,
         size=size,
         mode=draw(st.integers(0, 0o7777)),
-        mtime=draw(st.integers(-(2**40), 2**40)),
+        mtime_ns=draw(st.integers(-(2**40), 2**40)) * 10**9 + draw(st.sampled_from([0, 0, 1, 5 * 10**8, 10**9 - 1])),
         linkname=linkname,
         uid=draw(st.integers(0, 2**32)),
         gid=draw(st.integers(0, 2**32)),
@@ -71,14 +71,17 @@ def test_encoded_length_equals_header_size(h):
 @settings(max_examples=300)
 @given(headers())
 @example(fmt.Header(name=b"a" * 101, kind=fmt.FILE, size=8 * 2**30))  # size just past ustar's 8 GiB - 1
-@example(fmt.Header(name=b"d/" * 60 + b"x", kind=fmt.FILE, mtime=-1))  # pre-1970 mtime
+@example(fmt.Header(name=b"d/" * 60 + b"x", kind=fmt.FILE, mtime_ns=-1))  # pre-1970 mtime
 @example(fmt.Header(name=b"\xff\xfe/" * 60 + b"x", kind=fmt.FILE))  # long non-UTF-8 name
 def test_python_tarfile_reads_back_every_field(h):
     info = parse_first(fmt.encode_header(h) + fmt.FOOTER)
     assert as_bytes(info.name) == h.name.rstrip(b"/")
     assert info.size == h.size
     assert info.mode == h.mode
-    assert int(info.mtime) == h.mtime
+    if fmt.header_size(h) > fmt.BLOCK:  # a PAX header: the exact time (tarfile makes it a float)
+        assert abs(info.mtime - h.mtime_ns / 1e9) < 1e-3
+    else:
+        assert info.mtime == h.mtime
     assert info.uid == h.uid and info.gid == h.gid
     assert as_bytes(info.uname) == h.uname and as_bytes(info.gname) == h.gname
     assert {fmt.FILE: info.isreg, fmt.DIR: info.isdir, fmt.SYMLINK: info.issym, fmt.HARDLINK: info.islnk}[h.kind]()
@@ -111,7 +114,7 @@ def test_plain_ustar_header_is_byte_identical_to_cpython(kind, name, mode, mtime
     if kind not in (fmt.SYMLINK, fmt.HARDLINK):
         linkname = b""
     full = name + b"/" if kind == fmt.DIR else name
-    h = fmt.Header(name=full, kind=kind, size=size, mode=mode, mtime=mtime, linkname=linkname)
+    h = fmt.Header(name=full, kind=kind, size=size, mode=mode, mtime_ns=mtime * 10**9, linkname=linkname)
     info = tarfile.TarInfo(name.decode("utf-8", "surrogateescape"))
     info.type = {fmt.FILE: tarfile.REGTYPE, fmt.DIR: tarfile.DIRTYPE, fmt.SYMLINK: tarfile.SYMTYPE,
                  fmt.HARDLINK: tarfile.LNKTYPE}[kind]
@@ -140,7 +143,9 @@ def test_pax_header_only_when_ustar_cannot_hold_it():
     assert fmt.header_size(fmt.Header(name=b"n" * 101, kind=fmt.FILE)) > 512
     assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.FILE, size=8**11 - 1)) == 512
     assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.FILE, size=8**11)) > 512
-    assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.FILE, mtime=-1)) > 512
+    assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.FILE, mtime_ns=-1)) > 512
+    # a fraction of a second alone never adds a PAX header
+    assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.FILE, mtime_ns=1_500_000_000)) == 512
     assert fmt.header_size(fmt.Header(name=b"a", kind=fmt.SYMLINK, linkname=b"t" * 101)) > 512
 
 
@@ -158,6 +163,21 @@ def test_pax_header_name_is_deterministic():
     first, second = fmt.encode_header(h), fmt.encode_header(h)
     assert first == second
     assert first[:100].rstrip(b"\0") == (b"PaxHeaders/" + b"x" * 300)[:100]
+
+
+@pytest.mark.parametrize(
+    ("mtime_ns", "record"),
+    [
+        (1_500_000_000, b"mtime=1.5"),
+        (1_000_000_001, b"mtime=1.000000001"),
+        (-1_500_000_000, b"mtime=-1.5"),
+        (-1_000_000_000, b"mtime=-1"),
+        (9_000_000_000 * 10**9, b"mtime=9000000000"),
+    ],
+)
+def test_a_pax_header_carries_the_exact_mtime(mtime_ns, record):
+    data = fmt.encode_header(fmt.Header(name=b"n" * 120, kind=fmt.FILE, mtime_ns=mtime_ns))
+    assert record + b"\n" in data
 
 
 def test_padding_and_footer():

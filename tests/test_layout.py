@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from tartapefs import format as fmt
 from tartapefs.layout import Fingerprint, Member, archive_name, member_index
 
-BASE = fmt.Header(name=b"data/a", kind=fmt.FILE, size=10, mode=0o644, mtime=1000, linkname=b"",
+BASE = fmt.Header(name=b"data/a", kind=fmt.FILE, size=10, mode=0o644, mtime_ns=1000 * 10**9, linkname=b"",
                   uid=0, gid=0, uname=b"", gname=b"")
 
 
 def digest(headers, total=4096):
     fp = Fingerprint()
     for h in headers:
-        fp.add(h)
+        fp.add(h, fmt.header_size(h))
     return fp.hexdigest(total)
 
 
@@ -38,7 +38,7 @@ def test_archive_names_follow_tar_conventions():
         {"kind": fmt.HARDLINK},
         {"size": 11},
         {"mode": 0o600},
-        {"mtime": 1001},
+        {"mtime_ns": 1001 * 10**9},
         {"linkname": b"t"},
         {"uid": 1},
         {"gid": 1},
@@ -48,6 +48,13 @@ def test_archive_names_follow_tar_conventions():
 )
 def test_every_bytes_deciding_field_changes_the_fingerprint(change):
     assert digest([dataclasses.replace(BASE, **change)]) != digest([BASE])
+
+
+def test_nanoseconds_count_only_where_a_pax_header_carries_them():
+    plain = dataclasses.replace(BASE, mtime_ns=BASE.mtime_ns + 5)
+    assert digest([plain]) == digest([BASE])  # same bytes: ustar holds whole seconds
+    long = dataclasses.replace(BASE, name=b"n" * 120)
+    assert digest([dataclasses.replace(long, mtime_ns=long.mtime_ns + 5)]) != digest([long])
 
 
 def test_fingerprint_is_stable_and_covers_order_and_total():

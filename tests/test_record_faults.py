@@ -94,7 +94,8 @@ def test_a_full_disk_while_writing_the_index_leaves_the_previous_one(tmp_path):
         many_files(src, 10)
         index = disk / "index.db"
         before = TapeRecorder(str(src), index_path=str(index)).commit()
-        count = Tape.open(str(index)).member_count
+        with Tape.open(str(index)) as tape:
+            count = tape.member_count
         many_files(src, 20_000)  # far more rows than 256 KiB can hold
         proc = subprocess.run([*TARTAPE, "record", str(src), "--index", str(index)], capture_output=True)
         last = one_line_failure(proc)
@@ -103,7 +104,8 @@ def test_a_full_disk_while_writing_the_index_leaves_the_previous_one(tmp_path):
             assert tape.fingerprint == before and tape.member_count == count
         assert os.listdir(disk) == ["index.db"]  # no temporary file left behind
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        # lazily, so that a failed assertion holding the index open cannot leave the mount
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _interrupt_record(src: Path, index: Path, sig: int) -> subprocess.CompletedProcess:
@@ -135,7 +137,8 @@ def test_sigint_during_record_leaves_the_previous_index_and_no_temporary(recorde
     src, index, before = recorded_then_grown
     proc = _interrupt_record(src, index, signal.SIGINT)
     assert proc.returncode == 130 and "interrupted" in one_line_failure(proc)
-    assert Tape.open(str(index)).fingerprint == before
+    with Tape.open(str(index)) as tape:
+        assert tape.fingerprint == before
     assert os.listdir(index.parent) == ["index.db"]
 
 
@@ -143,7 +146,8 @@ def test_sigkill_during_record_leaves_the_previous_index_and_the_next_record_cle
     src, index, before = recorded_then_grown
     proc = _interrupt_record(src, index, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    assert Tape.open(str(index)).fingerprint == before
+    with Tape.open(str(index)) as tape:
+        assert tape.fingerprint == before
     left = [n for n in os.listdir(index.parent) if n.endswith(".tmp")]
     assert left, "a killed recorder leaves its temporary file"
     after = TapeRecorder(str(src), index_path=str(index)).commit()
