@@ -19,8 +19,8 @@ Rules this module keeps:
   where errors become errnos.
 * Handlers run as trio tasks on one thread and never await while reading, so a
   reader is only ever used by one request at a time. Readers hold no seek
-  position, only a bounded cache of source file descriptors, which is why one
-  reader per tape is shared by all open handles.
+  position and no source file open between reads, which is why one reader
+  per tape is shared by all open handles.
 * Nothing here knows the TAR format: bytes come from ``TapeReader.read``.
 """
 
@@ -172,7 +172,7 @@ class TapeFS(pyfuse3.Operations):
         self._by_inode[inode] = served
 
     def close(self) -> None:
-        """Close every reader (and so every cached source descriptor)."""
+        """Close every reader (its source root and index)."""
         for served in self._by_inode.values():
             served.reader.close()
 
