@@ -183,30 +183,22 @@ class TapeReader:
     def _lstat(self, source: bytes) -> os.stat_result:
         if not source:
             return os.fstat(self._root_fd)
-        parent, _, name = source.rpartition(b"/")
-        fd = self._open_dir(parent)
-        try:
-            return os.lstat(name, dir_fd=fd)
-        finally:
-            _close_dir(fd, self._root_fd)
+        return self._in_parent(source, os.lstat)
 
     def _readlink(self, source: bytes) -> bytes:
+        return self._in_parent(source, os.readlink)
+
+    def _in_parent(self, source: bytes, call):
+        """``call(name, dir_fd=...)`` on the last component of ``source``, its parent
+        folder opened without following symlinks."""
         parent, _, name = source.rpartition(b"/")
-        fd = self._open_dir(parent)
+        if not parent:
+            return call(name, dir_fd=self._root_fd)
+        fd = _open_beneath(self._root_fd, parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            return os.readlink(name, dir_fd=fd)
+            return call(name, dir_fd=fd)
         finally:
-            _close_dir(fd, self._root_fd)
-
-    def _open_dir(self, source: bytes) -> int:
-        if not source:
-            return self._root_fd
-        return _open_beneath(self._root_fd, source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _close_dir(fd: int, root_fd: int) -> None:
-    if fd != root_fd:
-        os.close(fd)
+            os.close(fd)
 
 
 def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
