@@ -61,11 +61,13 @@ class TreeSpec:
 
 
 class Datasets:
-    """Builds trees under WORKDIR/data once; a stamp holding the spec marks one complete."""
+    """Builds trees under WORKDIR/data once; a stamp holding the spec marks one complete.
+    Indexes and catalogs of a tree live in WORKDIR/index/<tree name>.*."""
 
     def __init__(self, workdir: Path) -> None:
         self.root = workdir / "data"
         self.tars = workdir / "tars"
+        self.indexes = workdir / "index"
         self._pool: bytes | None = None
 
     def pool(self) -> bytes:
@@ -82,6 +84,8 @@ class Datasets:
         log(f"building dataset {spec.name} ({spec.files} files of {spec.label})")
         stamp.unlink(missing_ok=True)
         shutil.rmtree(src, ignore_errors=True)
+        for stale in self.indexes.glob(f"{spec.name}.*"):  # they describe the old tree
+            stale.unlink()
         self._write_tree(src, spec)
         stamp.write_text(want)
         return src
