@@ -23,7 +23,7 @@ Each encoder has a size function: ``len(encode_header(h)) == header_size(h)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BLOCK = 512
 FOOTER = bytes(2 * BLOCK)
@@ -44,9 +44,8 @@ _MAX_OCT12 = 8**11 - 1  # 11 octal digits + NUL in a 12-byte field: sizes up to 
 _PAX_DIR = b"PaxHeaders/"
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """Everything that decides a member's header bytes.
+class Header(NamedTuple):
+    """Everything that decides a member's header bytes (immutable).
 
     ``name`` is the archive name (directories end in ``b"/"``), ``size`` the
     body length in bytes (0 unless ``kind == FILE``), ``mode`` the permission
@@ -95,19 +94,7 @@ def encode_header(h: Header) -> bytes:
         prefix, name = _split_name(h.name)
         return _ustar(h, name, prefix, h.linkname)
     data = _pax_data(h)
-    pax_block = _ustar_block(
-        name=_pax_header_name(h.name),
-        prefix=b"",
-        mode=0o644,
-        uid=0,
-        gid=0,
-        size=len(data),
-        mtime=0,
-        typeflag=b"x",
-        linkname=b"",
-        uname=b"",
-        gname=b"",
-    )
+    pax_block = _ustar_block(_pax_header_name(h.name), b"", 0o644, 0, 0, len(data), 0, b"x", b"", b"", b"")
     split = _split_name(h.name)
     prefix, name = split if split is not None else (b"", h.name[:_NAME_MAX])
     linkname = h.linkname if len(h.linkname) <= _NAME_MAX else h.linkname[:_NAME_MAX]
@@ -211,27 +198,30 @@ def _fit(value: int, limit: int) -> int:
 
 def _ustar(h: Header, name: bytes, prefix: bytes, linkname: bytes) -> bytes:
     return _ustar_block(
-        name=name,
-        prefix=prefix,
-        mode=h.mode & 0o7777,
-        uid=_fit(h.uid, _MAX_OCT8),
-        gid=_fit(h.gid, _MAX_OCT8),
-        size=_fit(h.size, _MAX_OCT12),
-        mtime=_fit(h.mtime, _MAX_OCT12),
-        typeflag=_TYPEFLAG[h.kind],
-        linkname=linkname,
-        uname=h.uname[:_OWNER_MAX],
-        gname=h.gname[:_OWNER_MAX],
+        name,
+        prefix,
+        h.mode & 0o7777,
+        _fit(h.uid, _MAX_OCT8),
+        _fit(h.gid, _MAX_OCT8),
+        _fit(h.size, _MAX_OCT12),
+        _fit(h.mtime, _MAX_OCT12),
+        _TYPEFLAG[h.kind],
+        linkname,
+        h.uname[:_OWNER_MAX],
+        h.gname[:_OWNER_MAX],
     )
 
 
-# The checksum counts its own field as eight spaces; the magic and version are
-# constant; every other constant byte of the block is NUL and adds nothing.
+# A ustar block with its constant fields filled in: magic and version at 257;
+# devmajor/devminor (329..344) stay empty for anything but devices, as CPython
+# writes them. Every other constant byte is NUL.
+_TEMPLATE = bytearray(BLOCK)
+_TEMPLATE[257:265] = b"ustar\x0000"
+# The checksum counts its own field as eight spaces, plus the magic and version.
 _CONSTANT_SUM = sum(b"        ") + sum(b"ustar\x0000")
 
 
 def _ustar_block(
-    *,
     name: bytes,
     prefix: bytes,
     mode: int,
@@ -244,22 +234,21 @@ def _ustar_block(
     uname: bytes,
     gname: bytes,
 ) -> bytes:
+    """One 512-byte ustar block. Field offsets: name 0, mode 100, uid 108, gid 116,
+    size 124, mtime 136, checksum 148, typeflag 156, linkname 157, magic 257,
+    uname 265, gname 297, devmajor 329, devminor 337, prefix 345."""
+    block = bytearray(_TEMPLATE)
+    block[0 : len(name)] = name
     numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
-    # Summing only the variable fields is several times faster than summing 512 bytes.
-    checksum = _CONSTANT_SUM + sum(name) + sum(numbers) + typeflag[0] + sum(linkname)
-    checksum += sum(uname) + sum(gname) + sum(prefix)
-    return b"".join(
-        (
-            name.ljust(100, b"\0"),
-            numbers,  # mode, uid, gid, size, mtime
-            b"%06o\0 " % checksum,
-            typeflag,
-            linkname.ljust(100, b"\0"),
-            b"ustar\x0000",
-            uname.ljust(32, b"\0"),
-            gname.ljust(32, b"\0"),
-            bytes(16),  # devmajor, devminor: empty for anything but devices (as CPython writes)
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
-    )
+    block[100:148] = numbers
+    block[156:157] = typeflag
+    # Summing only the variable fields is faster than summing all 512 bytes.
+    checksum = _CONSTANT_SUM + sum(name) + sum(numbers) + typeflag[0]
+    if linkname or uname or gname or prefix:
+        block[157 : 157 + len(linkname)] = linkname
+        block[265 : 265 + len(uname)] = uname
+        block[297 : 297 + len(gname)] = gname
+        block[345 : 345 + len(prefix)] = prefix
+        checksum += sum(linkname) + sum(uname) + sum(gname) + sum(prefix)
+    block[148:156] = b"%06o\0 " % checksum
+    return bytes(block)

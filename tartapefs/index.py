@@ -126,19 +126,20 @@ class Index:
             raise IndexCorruptError(f"{self.path}: damaged index ({err})") from None
 
     def _member(self, row: tuple) -> Member:
+        # On every read path: positional construction, it is measurably faster.
         (offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, uid, gid, uname, gname) = row
         kind = _CODE_KIND[kind]
         header = fmt.Header(
-            name=archive_name(self.prefix, source, kind),
-            kind=kind,
-            size=size,
-            mode=mode,
-            mtime_ns=mtime_ns,
-            linkname=linkname or b"",
-            uid=uid or 0,
-            gid=gid or 0,
-            uname=uname or b"",
-            gname=gname or b"",
+            archive_name(self.prefix, source, kind),
+            kind,
+            size,
+            mode,
+            mtime_ns,
+            linkname or b"",
+            uid or 0,
+            gid or 0,
+            uname or b"",
+            gname or b"",
         )
         return Member(header, offset, header_size, source, ino, dev, mtime_ns)
 

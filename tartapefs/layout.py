@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import os
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import format as fmt
 from .errors import show_path
@@ -20,10 +20,9 @@ from .errors import show_path
 BYTES_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One member of a recorded tape: its header fields, where it sits, and
-    what the integrity check compares the source file against.
+class Member(NamedTuple):
+    """One member of a recorded tape (immutable): its header fields, where it
+    sits, and what the integrity check compares the source file against.
 
     Offsets and sizes are bytes from the start of the tape. ``source`` is the
     path relative to the source root (``b""`` for the root itself); ``ino`` and

@@ -39,6 +39,10 @@ from .errors import SourceChangedError, UsageError
 from .layout import Member
 
 _WINDOW = 64  # members fetched per index query
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REG = stat.S_IFREG
+encode_header = fmt.encode_header
 
 
 class TapeReader:
@@ -61,6 +65,7 @@ class TapeReader:
             raise UsageError(f"{root}: cannot open the source folder ({err.strerror})") from None
         self._window: list[Member] = []
         self._starts: list[int] = []
+        self._window_end = 0
 
     # -- public ----------------------------------------------------------
 
@@ -75,49 +80,52 @@ class TapeReader:
         end = min(offset + size, self.total_size)
         parts: list[bytes] = []
         pos = offset
-        while pos < end:
-            if pos >= self._footer:
-                parts.append(bytes(end - pos))
-                break
-            m = self.member_at(pos)
-            stop = min(end, m.end)
-            self._member_bytes(m, pos, stop, parts)
-            pos = stop
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _member_bytes(self, m: Member, pos: int, stop: int, parts: list[bytes]) -> None:
-        """Append ``m``'s bytes from tape offset ``pos`` to ``stop``; its source is checked once."""
-        fd = self._checked_fd(m) if m.kind == fmt.FILE else -1
+        folders = _Folders(self._root_fd)
         try:
-            body_offset = m.offset + m.header_size
-            if pos < body_offset:
-                parts.append(fmt.encode_header(m.header)[pos - m.offset : min(stop, body_offset) - m.offset])
-                pos = body_offset
-            body_end = body_offset + m.size
-            if pos < stop and pos < body_end:
-                n = min(stop, body_end) - pos
-                parts.append(self._pread(m, fd, n, pos - body_offset))
-                pos += n
-            if pos < stop:
-                parts.append(bytes(stop - pos))
+            # The hot loop of every read: one step per member, no call it can do without.
+            while pos < end:
+                if pos >= self._footer:
+                    parts.append(bytes(end - pos))
+                    break
+                m = self.member_at(pos)
+                header = m.header
+                body_offset = m.offset + m.header_size
+                body_end = body_offset + header.size
+                stop = min(end, body_end + (-header.size % fmt.BLOCK))
+                fd = self._checked_fd(m, folders) if header.kind == fmt.FILE else -1
+                try:
+                    if pos < body_offset:
+                        parts.append(encode_header(header)[pos - m.offset : min(stop, body_offset) - m.offset])
+                        pos = body_offset
+                    if pos < stop and pos < body_end:
+                        n = min(stop, body_end) - pos
+                        parts.append(self._pread(m, fd, n, pos - body_offset))
+                        pos += n
+                    if pos < stop:
+                        parts.append(bytes(stop - pos))
+                        pos = stop
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
         finally:
-            if fd >= 0:
-                os.close(fd)
+            folders.close()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def member_at(self, offset: int) -> Member:
         """The member holding ``offset`` (which must be before the footer)."""
         starts = self._starts
-        if starts and starts[0] <= offset < self._window[-1].end:
+        if starts and starts[0] <= offset < self._window_end:
             return self._window[bisect.bisect_right(starts, offset) - 1]
         self._window = self._index.members_from(offset, _WINDOW)
         self._starts = [m.offset for m in self._window]
+        self._window_end = self._window[-1].end
         return self._window[0]
 
     def header(self, m: Member) -> bytes:
         """The header bytes of ``m``; for a regular file, only after its source checks out."""
         if m.kind == fmt.FILE:
             os.close(self._checked_fd(m))
-        return fmt.encode_header(m.header)
+        return encode_header(m.header)
 
     def body(self, m: Member, start: int, size: int) -> bytes:
         """``size`` bytes of ``m``'s body from ``start`` (relative to the body), checked."""
@@ -167,17 +175,23 @@ class TapeReader:
 
     # -- source files ----------------------------------------------------
 
-    def _checked_fd(self, m: Member) -> int:
+    def _checked_fd(self, m: Member, folders: _Folders | None = None) -> int:
         """A new descriptor of ``m``'s source file, opened without following symlinks
         and matching the index; the caller closes it."""
+        own = folders is None
+        if own:
+            folders = _Folders(self._root_fd)
         try:
-            fd = _open_beneath(self._root_fd, m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = folders.open_file(m.source)
         except OSError as err:
             raise SourceChangedError(m.display_name, _open_failure(err)) from None
-        reason = _mismatch(m, os.fstat(fd), check_size=True)
-        if reason:
+        finally:
+            if own:
+                folders.close()
+        st = os.fstat(fd)
+        if st.st_ino != m.ino or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns or st.st_mode != _REG | m.mode:
             os.close(fd)
-            raise SourceChangedError(m.display_name, reason)
+            raise SourceChangedError(m.display_name, _mismatch(m, st, check_size=True))
         return fd
 
     def _lstat(self, source: bytes) -> os.stat_result:
@@ -194,11 +208,39 @@ class TapeReader:
         parent, _, name = source.rpartition(b"/")
         if not parent:
             return call(name, dir_fd=self._root_fd)
-        fd = _open_beneath(self._root_fd, parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_beneath(self._root_fd, parent, _DIR_FLAGS)
         try:
             return call(name, dir_fd=fd)
         finally:
             os.close(fd)
+
+
+class _Folders:
+    """The parent folders of the files one read call opens, each opened once per call
+    (no symlink followed in any component) and closed when the call ends: nothing
+    stale outlives a call, and files of one folder cost one ``openat`` each."""
+
+    _MAX = 64  # a request over many tiny files in many folders must not run out of descriptors
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._fds: dict[bytes, int] = {}
+
+    def open_file(self, source: bytes) -> int:
+        parent, _, name = source.rpartition(b"/")
+        if not parent:
+            return os.open(name, _FILE_FLAGS, dir_fd=self._root_fd)
+        dir_fd = self._fds.get(parent)
+        if dir_fd is None:
+            if len(self._fds) >= self._MAX:
+                self.close()
+            dir_fd = self._fds[parent] = _open_beneath(self._root_fd, parent, _DIR_FLAGS)
+        return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
