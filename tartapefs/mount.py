@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
+from .cli import OneLineParser
 from .errors import UsageError
 
 log = logging.getLogger("tartapefs.mount")
@@ -46,7 +47,8 @@ REFUSED_OPTIONS = {"max_read": "breaks pyfuse3 mounts", "rw": "the archive is re
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    # One line per usage error (an unknown option too), as for every other mistake.
+    p = OneLineParser(
         prog=PROG,
         description="Mount SRC as a read-only TAR file at MOUNTPOINT/NAME.",
         epilog=f"Unmount with: {PROG} -u MOUNTPOINT",
@@ -155,6 +157,8 @@ def _stat_folder(path: str, role: str) -> None:
 
 def check_source(src: str) -> None:
     _stat_folder(src, "source")
+    if not os.access(src, os.R_OK | os.X_OK):
+        raise UsageError(f"{src}: source cannot be read (permission denied)")
 
 
 def check_mountpoint(mnt: str, src: str) -> None:
@@ -169,6 +173,14 @@ def check_mountpoint(mnt: str, src: str) -> None:
     if real_src == canonical or real_src.startswith(canonical + os.sep):
         # The daemon would read its sources through its own mount: deadlock.
         raise UsageError(f"{mnt}: mount point would hide the source folder {src}")
+    try:
+        with os.scandir(mnt) as entries:
+            empty = next(entries, None) is None
+    except OSError as err:
+        raise UsageError(f"{mnt}: cannot use mount point ({err.strerror})") from None
+    if not empty:
+        # fuse3 would mount anyway, but the files would be hidden while mounted.
+        raise UsageError(f"{mnt}: mount point is not empty (its files would be hidden)")
 
 
 def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:

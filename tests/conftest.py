@@ -6,8 +6,14 @@ live in their own section below it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from mountutil import Mounts
 from trees import HardTree, archive_of, build_hard_tree, build_small_tree, record
 
 
@@ -33,6 +39,27 @@ def hard_archive(hard_tape) -> bytes:
 
 
 @pytest.fixture
+def world_dir():
+    """An empty folder every user may enter (pytest's tmp_path is private to root), for
+    tests that act as an unprivileged user."""
+    top = Path(tempfile.mkdtemp(prefix="tartapefs-world-"))
+    os.chmod(top, 0o755)
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
 def small_tree(tmp_path):
     """A few ordinary files, a directory and a symlink at tmp_path/data, not recorded."""
     return build_small_tree(tmp_path)
+
+
+# === mount fixtures ============================================================================
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Starts real mounts for one test and stops them all at its end, failed or not."""
+    m = Mounts(tmp_path)
+    yield m
+    m.stop_all()

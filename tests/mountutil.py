@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 NAME = "dataset.tar"
+NOBODY = 65534  # uid and gid of an unprivileged user
 # Generous: a loaded CI machine may be slow to mount; this is a deadline, not a timing check.
 DEADLINE_S = 60.0
 
@@ -44,6 +45,15 @@ def run_mount_cli(*args: str | Path, timeout: float = DEADLINE_S) -> subprocess.
         [*TARTAPE_MOUNT, *map(str, args)], capture_output=True, text=True,
         env=daemon_env(), timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+def run_as_nobody(module: str, *args: str | Path) -> subprocess.CompletedProcess:
+    """``python -m module ARGS`` as user nobody. The module (and its parser, which imports
+    lazily) is loaded first, as root: nobody may not be able to read the interpreter's files."""
+    code = (f"import os, sys; from {module} import main, _parser; _parser(); os.setgroups([]); "
+            f"os.setgid({NOBODY}); os.setuid({NOBODY}); sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, cwd="/", env=daemon_env(), timeout=DEADLINE_S)
 
 
 def stream_bytes(src: Path) -> bytes:

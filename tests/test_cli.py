@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mountutil import run_as_nobody
 from tartapefs import Tape
 from trees import archive_of, content
 
@@ -199,6 +200,28 @@ def test_a_missing_source_is_a_one_line_error(tmp_path, command):
 def test_a_source_that_is_a_file_is_a_one_line_error(tmp_path, command):
     (tmp_path / "file").write_bytes(b"x")
     assert_user_error(tartape(command, tmp_path / "file"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize("command", ["record", "stream"])
+def test_an_unreadable_source_is_a_one_line_error(world_dir, command):
+    src = world_dir / "data"
+    src.mkdir(mode=0o700)  # root's; nobody may not list it
+    (src / "a.txt").write_bytes(b"root only")
+    proc = run_as_nobody("tartapefs.cli", command, src, "--index", world_dir / "index.db")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"tartape: {src}: permission denied"]
+    assert proc.stdout == "" and sorted(os.listdir(world_dir)) == ["data"]
+
+
+@pytest.mark.parametrize("args", [["--frobnicate", "ls", "SRC"], ["ls", "SRC", "--frobnicate"],
+                                  ["stream", "SRC", "-x"], ["frobnicate", "SRC"]])
+def test_an_unknown_option_or_command_is_a_one_line_error_naming_it(recorded, args):
+    proc = tartape(*(str(recorded[0]) if a == "SRC" else a for a in args))
+    assert_user_error(proc)
+    assert proc.returncode == 2
+    assert (b"-x" if "-x" in args else b"frobnicate") in proc.stderr
+    assert proc.stdout == b""
 
 
 @pytest.mark.parametrize("offset", ["-1", "past_end", "abc"])

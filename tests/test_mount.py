@@ -24,7 +24,7 @@ import pytest
 
 from mountutil import (DEADLINE_S, NAME, TARTAPE, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
                        force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
-                       run_mount_cli, stream_bytes, wait_until)
+                       run_as_nobody, run_mount_cli, stream_bytes, wait_until)
 from trees import _Builder, build_small_tree, content, tree_differences
 
 pytestmark = pytest.mark.skipif(
@@ -59,13 +59,6 @@ def build_transfer_tree(parent: Path) -> Path:
     b.symlink(b"link", b"a.txt")
     b.finish()
     return root
-
-
-@pytest.fixture
-def mounts(tmp_path: Path):
-    m = Mounts(tmp_path)
-    yield m
-    m.stop_all()
 
 
 @pytest.fixture(scope="module")
@@ -369,23 +362,62 @@ def _bad_case(tmp_path: Path, mounts: Mounts, case: str) -> tuple[list[Path], st
         (src / ".tartape").mkdir(exist_ok=True)
         (src / ".tartape" / "index.db").write_bytes(b"not an index" * 100)
         return [src, mnt], "index.db"
+    if case == "mount point not empty":
+        (mnt / "precious.txt").write_text("would be hidden")
+        return [src, mnt], "not empty"
+    if case == "index of another source":
+        other = build_small_tree(tmp_path, "other")
+        index = tmp_path / "other.db"
+        subprocess.run([*TARTAPE, "record", str(other), "--index", str(index)], check=True,
+                       capture_output=True)
+        return [src, mnt, "--index", index], "recorded from"
+    if case == "unknown option":
+        return [src, mnt, "--frobnicate"], "unrecognized arguments"
     raise AssertionError(case)
+
+
+def _files_below(top: Path) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) of everything below ``top``, without entering mounts."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            found[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return found
 
 
 @pytest.mark.parametrize("case", ["missing source", "source is a file", "missing mount point",
                                   "mount point is a file", "already mounted",
-                                  "mount point hides the source", "corrupt index"])
+                                  "mount point hides the source", "corrupt index",
+                                  "mount point not empty", "index of another source",
+                                  "unknown option"])
 def test_bad_input_gives_one_line_and_nonzero_exit(mounts, tmp_path, case):
     (tmp_path / "mnt").mkdir()
     args, reason = _bad_case(tmp_path, mounts, case)
+    before = _files_below(tmp_path)
     done = run_mount_cli(*args)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], done.stderr
-    # The message names the path at fault.
+    # The message names the path (or option) at fault.
     assert any(str(a) in lines[0] for a in args), lines[0]
     assert daemon_pids(args[1]) == []
+    assert _files_below(tmp_path) == before, "nothing may be written"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_an_unreadable_source_is_one_line_and_nothing_starts(world_dir):
+    src = build_small_tree(world_dir)
+    os.chmod(src, 0o700)  # root's; nobody may not list it
+    mnt = world_dir / "mnt"
+    mnt.mkdir()
+    done = run_as_nobody("tartapefs.mount", src, mnt)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"tartape-mount: {src}: source cannot be read (permission denied)"]
+    assert daemon_pids(mnt) == [] and mounted_fstype(mnt) is None
+    assert not (src / ".tartape").exists()
 
 
 def test_unmounting_what_is_not_mounted_is_one_line(tmp_path):
