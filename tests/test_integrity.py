@@ -3,87 +3,14 @@ member, never return other bytes, and every other member keeps reading fine."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from mutations import FILE, MUTATIONS, grow
 from tartapefs import TapePlayer, TapeReader
 from tartapefs.errors import SourceChangedError
 from trees import archive_of, record
-
-FILE = "data/a.txt"
-SWAPPED = ("data/sub/", "data/sub/c.txt", "data/sub/d.txt")
-
-
-def grow(root: Path, outside: Path) -> tuple[str, ...]:
-    with open(root / "a.txt", "ab") as fh:
-        fh.write(b"more")
-    return (FILE,)
-
-
-def shrink(root: Path, outside: Path) -> tuple[str, ...]:
-    os.truncate(root / "a.txt", 999)
-    return (FILE,)
-
-
-def truncate_to_zero(root: Path, outside: Path) -> tuple[str, ...]:
-    os.truncate(root / "a.txt", 0)
-    return (FILE,)
-
-
-def replace_same_size_and_mtime(root: Path, outside: Path) -> tuple[str, ...]:
-    """Only the inode tells: a new file renamed over the old, same size, mode and mtime."""
-    old = os.stat(root / "a.txt")
-    new = root / "a.txt.new"
-    new.write_bytes(b"X" * old.st_size)
-    os.chmod(new, old.st_mode)
-    os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))
-    os.rename(new, root / "a.txt")
-    return (FILE,)
-
-
-def delete(root: Path, outside: Path) -> tuple[str, ...]:
-    os.unlink(root / "a.txt")
-    return (FILE,)
-
-
-def touch(root: Path, outside: Path) -> tuple[str, ...]:
-    st = os.stat(root / "a.txt")
-    os.utime(root / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    return (FILE,)
-
-
-def chmod(root: Path, outside: Path) -> tuple[str, ...]:
-    os.chmod(root / "a.txt", 0o600)
-    return (FILE,)
-
-
-def dir_swapped_for_symlink_to_a_copy(root: Path, outside: Path) -> tuple[str, ...]:
-    subprocess.run(["cp", "-a", root / "sub", outside / "sub"], check=True)
-    shutil.rmtree(root / "sub")
-    os.symlink(outside / "sub", root / "sub")
-    return SWAPPED
-
-
-def dir_moved_out_and_symlinked(root: Path, outside: Path) -> tuple[str, ...]:
-    """Same inodes, sizes and mtimes: only the path walk shows the bytes are outside."""
-    os.rename(root / "sub", outside / "sub")
-    os.symlink(outside / "sub", root / "sub")
-    return SWAPPED
-
-
-def file_moved_out_and_symlinked(root: Path, outside: Path) -> tuple[str, ...]:
-    """The same inode, reached through a symlink: following it would serve outside bytes."""
-    os.rename(root / "a.txt", outside / "a.txt")
-    os.symlink(outside / "a.txt", root / "a.txt")
-    return (FILE,)
-
-
-MUTATIONS = [grow, shrink, truncate_to_zero, replace_same_size_and_mtime, delete, touch, chmod,
-             file_moved_out_and_symlinked, dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked]
 
 
 @pytest.fixture
