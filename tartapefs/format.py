@@ -111,11 +111,12 @@ def pax_record(key: bytes, value: bytes) -> bytes:
 
 
 def _fits_ustar(h: Header) -> bool:
+    mtime = h.mtime_ns // 1_000_000_000
     return (
         (len(h.name) <= _NAME_MAX or _split_name(h.name) is not None)
         and len(h.linkname) <= _NAME_MAX
         and 0 <= h.size <= _MAX_OCT12
-        and 0 <= h.mtime <= _MAX_OCT12
+        and 0 <= mtime <= _MAX_OCT12
         and 0 <= h.uid <= _MAX_OCT8
         and 0 <= h.gid <= _MAX_OCT8
         and len(h.uname) <= _OWNER_MAX

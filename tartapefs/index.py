@@ -182,26 +182,23 @@ class IndexWriter:
 
     def add_members(self, members: Iterable[Member], keep_owner: bool) -> None:
         """Insert members (in tape order)."""
-        rows = (
-            (
-                m.offset,
-                m.header_size,
-                _KIND_CODE[m.kind],
-                m.source,
-                m.size,
-                m.mode,
-                m.mtime_ns,
-                m.linkname or None,
-                m.ino,
-                m.dev,
-                m.header.uid if keep_owner else None,
-                m.header.gid if keep_owner else None,
-                m.header.uname if keep_owner else None,
-                m.header.gname if keep_owner else None,
+        code = _KIND_CODE
+        if keep_owner:
+            rows = (
+                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
+                 h.linkname or None, m.ino, m.dev, h.uid, h.gid, h.uname, h.gname)
+                for m in members
+                for h in (m.header,)
             )
-            for m in members
-        )
-        self._write(lambda: self._db.executemany(f"INSERT INTO members ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows))
+        else:  # anonymized: the owner columns stay NULL
+            rows = (
+                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
+                 h.linkname or None, m.ino, m.dev, None, None, None, None)
+                for m in members
+                for h in (m.header,)
+            )
+        sql = f"INSERT INTO members ({_COLUMNS}) VALUES ({','.join('?' * 14)})"
+        self._write(lambda: self._db.executemany(sql, rows))
 
     def commit(self, meta: dict) -> None:
         """Write the metadata, make the file durable and rename it into place."""

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import format as fmt
 from .errors import UsageError, show_path
@@ -25,8 +25,7 @@ log = logging.getLogger("tartapefs")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One thing found in the source. ``source`` is relative to the root
     (``b""`` for the root), ``linkname`` the symlink target, or for a hard
     link the ``source`` of the first path of its inode."""

@@ -140,7 +140,7 @@ class TapeRecorder:
         _check_index_place(self.src, index_path)
         if self.index_path is None or _in_own_dir(self.src, index_path):
             _make_index_dir(index_path)
-        entries = walk(self.src, Excluder(self.exclude), _is_own, self.progress)
+        entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress)
         fingerprint = Fingerprint()
         stats = {"offset": 0, "count": 0, "mtime": 0}
 
