@@ -1,9 +1,9 @@
 """The tape as a stream of events, from any byte offset (the seed project's API).
 
 ``TapePlayer(tape).play(start_offset=k)`` yields, for each member from the one
-holding byte ``k``: ``file_start``, one or more ``file_data`` (the raw archive
-bytes: header, body chunks, padding), ``file_end`` with the MD5 of the member's
-body; after the last member, ``file_data`` with the footer and
+holding byte ``k``: ``file_start``, one or more ``file_data`` (the member's raw
+archive bytes — header, body and padding — in chunks of at most ``chunk_size``),
+``file_end`` with the MD5 of the member's body; after the last member, ``file_data`` with the footer and
 ``tape_completed``. The ``file_data`` bytes together are exactly the archive
 from byte ``k`` — also when ``k`` falls inside the footer.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import format as fmt
 from .errors import UsageError
@@ -25,8 +25,7 @@ FILE_END = "file_end"
 TAPE_COMPLETED = "tape_completed"
 
 
-@dataclass(frozen=True, slots=True)
-class EventMetadata:
+class EventMetadata(NamedTuple):
     """``start_offset``/``end_offset``: the member's first and past-the-end tape
     offsets (bytes); ``resumed``: the stream started inside this member;
     ``md5sum``: hex MD5 of the member's body (empty for directories and links),
@@ -38,8 +37,7 @@ class EventMetadata:
     md5sum: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TapeEvent:
+class TapeEvent(NamedTuple):
     type: str
     entry: Member | None = None
     data: bytes = b""
@@ -66,34 +64,51 @@ class TapePlayer:
             raise UsageError(f"chunk size must be positive, not {chunk_size}")
         footer = total - len(fmt.FOOTER)
         with TapeReader(self.tape, self.source_root) as reader:
+            blocks = _Blocks(reader, chunk_size)
             if start_offset < footer:
                 for member in self.tape.members(start_offset):
-                    yield from self._member(reader, member, max(start_offset, member.offset), chunk_size)
+                    yield from self._member(blocks, member, max(start_offset, member.offset), chunk_size)
             yield TapeEvent(FILE_DATA, data=bytes(total - max(start_offset, footer)))
             yield TapeEvent(TAPE_COMPLETED)
 
-    def _member(self, reader: TapeReader, m: Member, pos: int, chunk_size: int) -> Iterator[TapeEvent]:
+    def _member(self, blocks: _Blocks, m: Member, pos: int, chunk_size: int) -> Iterator[TapeEvent]:
         resumed = pos > m.offset
         yield TapeEvent(FILE_START, m, metadata=EventMetadata(start_offset=m.offset, resumed=resumed))
         digest = None if resumed else hashlib.md5(usedforsecurity=False)
-        if pos < m.body_offset:
-            yield TapeEvent(FILE_DATA, m, reader.header(m)[pos - m.offset :])
-            pos = m.body_offset
-        while pos < m.body_end:
-            data = reader.body(m, pos - m.body_offset, min(chunk_size, m.body_end - pos))
-            if digest is not None:
-                digest.update(data)
+        body_offset, body_end, end = m.body_offset, m.body_end, m.end
+        while pos < end:
+            data = blocks.get(pos, min(pos + chunk_size, end))
+            if digest is not None and pos < body_end and pos + len(data) > body_offset:
+                digest.update(memoryview(data)[max(body_offset - pos, 0) : body_end - pos])
             yield TapeEvent(FILE_DATA, m, data)
             pos += len(data)
-        if pos < m.end:
-            yield TapeEvent(FILE_DATA, m, bytes(m.end - pos))
         yield TapeEvent(
             FILE_END,
             m,
             metadata=EventMetadata(
                 start_offset=m.offset,
-                end_offset=m.end,
+                end_offset=end,
                 resumed=resumed,
                 md5sum=digest.hexdigest() if digest is not None else None,
             ),
         )
+
+
+class _Blocks:
+    """The tape read ahead in blocks of ``chunk_size`` bytes, so that many small
+    members cost one checked read (the same reads the FUSE path does), and events
+    are cut out of the block at member boundaries."""
+
+    def __init__(self, reader: TapeReader, chunk_size: int) -> None:
+        self._reader = reader
+        self._size = chunk_size
+        self._block = b""
+        self._start = 0
+
+    def get(self, start: int, stop: int) -> bytes:
+        """Tape bytes ``[start, stop)``, ``stop - start <= chunk_size``."""
+        offset = start - self._start
+        if offset < 0 or stop - self._start > len(self._block):
+            self._block = self._reader.read(start, self._size)
+            self._start, offset = start, 0
+        return self._block[offset : offset + stop - start]
