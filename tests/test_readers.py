@@ -7,6 +7,7 @@ materializing it.
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
@@ -218,11 +219,12 @@ def test_a_reader_holds_no_source_file_open_between_reads(hard_tape, hard_archiv
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
+    gc.collect()  # earlier tests' abandoned streams close their descriptors when collected
     with TapeReader(hard_tape) as reader:
         before = open_fds()
         for o in range(0, hard_tape.total_size, 700):
             assert reader.read(o, 1500) == hard_archive[o:o + 1500], o
-            assert open_fds() == before
+            assert open_fds() <= before
 
 
 @settings(max_examples=300, deadline=None)
