@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from . import __version__
 from .errors import TartapeError, UsageError, show_path
-from .reader import TapeReader
+from .reader import TapeReader, tune_malloc
 from .tape import Tape, TapeRecorder, open_or_record
 
 _CHUNK = 1 << 20
@@ -125,6 +125,7 @@ def _record(args) -> int:
 
 
 def _stream(args) -> int:
+    tune_malloc()
     tape = open_or_record(args.src, args.index, progress=progress_printer("tartape"))
     if not 0 <= args.start_offset <= tape.total_size:
         raise UsageError(f"--start-offset {args.start_offset}: outside the tape (0 to {tape.total_size} bytes)")

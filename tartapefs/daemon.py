@@ -23,6 +23,7 @@ import trio
 
 from .errors import TartapeError
 from .fusefs import TapeFS
+from .reader import tune_malloc
 from .mount import READ_AHEAD_KB, Readiness, detach_stdio, sd_notify
 
 log = logging.getLogger("tartapefs.mount")
@@ -67,6 +68,7 @@ def open_tape(args: argparse.Namespace) -> Any:
 def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
     """Serve until stopped; 0 after a clean unmount, 1 if never mounted."""
     os.chdir("/")  # never keep the caller's folder busy
+    tune_malloc()
     try:
         tape = open_tape(args)
         fs = TapeFS({args.name: tape}, direct_io=args.direct_io)

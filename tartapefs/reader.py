@@ -243,6 +243,25 @@ class _Folders:
         self._fds.clear()
 
 
+def tune_malloc() -> None:
+    """Keep large read buffers in the heap instead of fresh ``mmap`` pages.
+
+    A read spanning several members joins its parts into a new 1 MiB buffer.
+    glibc serves such sizes with ``mmap`` and returns them with ``munmap``, so
+    every buffer page-faults in anew: joining 1 MiB took ~0.5 ms (medium files
+    read at 0.85 GB/s; 6 GB/s with this). A fixed threshold above our buffer
+    sizes ends that. Process-wide, so only programs that own the process (the
+    daemon, the CLI) call it; elsewhere (no glibc) it does nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+    mallopt(m_trim_threshold, 128 << 20)
+
+
 def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
     if check_size and not stat.S_ISREG(st.st_mode):
         return "no longer a regular file"
