@@ -21,7 +21,7 @@ from .errors import (
     IndexVersionError,
     TartapeError,
 )
-from .layout import Member, archive_name
+from .layout import BYTES_VERSION, Member, archive_name
 
 FORMAT = "tartapefs-index"
 FORMAT_VERSION = 1
@@ -67,6 +67,13 @@ class Index:
             raise IndexVersionError(
                 f"{path}: index format version {version}, this tartapefs reads version "
                 f"{FORMAT_VERSION}; record the tape again with this version"
+            )
+        rules = self.meta.get("bytes_version")
+        if rules != BYTES_VERSION:
+            self._close_quietly()
+            raise IndexVersionError(
+                f"{path}: recorded under byte rules version {rules}, this tartapefs writes version "
+                f"{BYTES_VERSION}; record the tape again with this version"
             )
         missing = [key for key in _REQUIRED_META if key not in self.meta]
         if missing:

@@ -15,9 +15,11 @@ from typing import NamedTuple
 from . import format as fmt
 from .errors import show_path
 
-#: Version of what decides the bytes. Changing the byte rules means a new
-#: version, and so a new fingerprint for the same tree.
-BYTES_VERSION = 1
+#: Version of the byte rules. Changing them means a new version, and so a new
+#: fingerprint for the same tree; an index recorded under other rules is refused
+#: (its header sizes, and so its offsets, would not match the bytes).
+#: 2: a PAX header carries the exact mtime when it has a fraction of a second.
+BYTES_VERSION = 2
 
 
 class Member(NamedTuple):

@@ -35,7 +35,7 @@ import os
 import stat
 
 from . import format as fmt
-from .errors import SourceChangedError, UsageError
+from .errors import IndexCorruptError, SourceChangedError, UsageError
 from .layout import Member
 
 _WINDOW = 64  # members fetched per index query
@@ -95,7 +95,7 @@ class TapeReader:
                 fd = self._checked_fd(m, folders) if header.kind == fmt.FILE else -1
                 try:
                     if pos < body_offset:
-                        parts.append(encode_header(header)[pos - m.offset : min(stop, body_offset) - m.offset])
+                        parts.append(self._header_bytes(m)[pos - m.offset : min(stop, body_offset) - m.offset])
                         pos = body_offset
                     if pos < stop and pos < body_end:
                         n = min(stop, body_end) - pos
@@ -125,7 +125,17 @@ class TapeReader:
         """The header bytes of ``m``; for a regular file, only after its source checks out."""
         if m.kind == fmt.FILE:
             os.close(self._checked_fd(m))
-        return encode_header(m.header)
+        return self._header_bytes(m)
+
+    def _header_bytes(self, m: Member) -> bytes:
+        data = encode_header(m.header)
+        if len(data) != m.header_size:
+            # Every later offset depends on this size: never serve a shifted tape.
+            raise IndexCorruptError(
+                f"{self._index.path}: {m.display_name}: the index says {m.header_size} header bytes, "
+                f"the byte rules give {len(data)}; record the tape again"
+            )
+        return data
 
     def body(self, m: Member, start: int, size: int) -> bytes:
         """``size`` bytes of ``m``'s body from ``start`` (relative to the body), checked."""

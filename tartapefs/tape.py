@@ -23,7 +23,7 @@ from .errors import (
     show_path,
 )
 from .index import Index, IndexWriter
-from .layout import Fingerprint, Member, archive_name
+from .layout import BYTES_VERSION, Fingerprint, Member, archive_name
 from .scan import Entry, Excluder, walk
 
 INDEX_DIR = ".tartape"
@@ -161,7 +161,7 @@ class TapeRecorder:
             digest = fingerprint.hexdigest(total)
             writer.commit(
                 {
-                    "bytes_version": 1,
+                    "bytes_version": BYTES_VERSION,
                     "total_size": total,
                     "member_count": stats["count"],
                     "fingerprint": digest,

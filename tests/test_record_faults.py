@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tartapefs import Tape, TapeRecorder
-from tartapefs.errors import IndexVersionError, TartapeError
+from tartapefs import Tape, TapeReader, TapeRecorder
+from tartapefs.errors import IndexCorruptError, IndexVersionError, TartapeError
 
 NOBODY = 65534
 TARTAPE = [sys.executable, "-m", "tartapefs.cli"]
@@ -180,3 +180,27 @@ def test_recording_a_file_instead_of_a_folder_is_a_usage_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(TartapeError, match="not a directory"):
         TapeRecorder(str(tmp_path / "f"))
+
+
+def test_an_index_recorded_under_other_byte_rules_is_refused(tmp_path):
+    src = tmp_path / "data"
+    many_files(src, 3)
+    index = tmp_path / "index.db"
+    TapeRecorder(str(src), index_path=str(index)).commit()
+    with sqlite3.connect(index) as db:
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'bytes_version'")
+    with pytest.raises(IndexVersionError, match="byte rules version 1"):
+        Tape.open(str(index))
+
+
+def test_a_header_size_that_disagrees_with_the_byte_rules_never_serves_shifted_bytes(tmp_path):
+    src = tmp_path / "data"
+    many_files(src, 3)
+    index = tmp_path / "index.db"
+    TapeRecorder(str(src), index_path=str(index)).commit()
+    with sqlite3.connect(index) as db:  # as an index of older rules would say
+        db.execute("UPDATE members SET header_size = 1024 WHERE offset = (SELECT max(offset) FROM members)")
+    with Tape.open(str(index)) as tape, TapeReader(tape) as reader:
+        last = list(tape.members())[-1]
+        with pytest.raises(IndexCorruptError, match="record the tape again"):
+            reader.read(last.offset, 10)
