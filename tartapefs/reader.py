@@ -66,6 +66,7 @@ class TapeReader:
         self._window: list[Member] = []
         self._starts: list[int] = []
         self._window_end = 0
+        self._cursor = -1  # index in the window of the member last served
 
     # -- public ----------------------------------------------------------
 
@@ -87,11 +88,17 @@ class TapeReader:
                 if pos >= self._footer:
                     parts.append(bytes(end - pos))
                     break
-                m = self.member_at(pos)
+                m = self._next_member(pos)
                 header = m.header
                 body_offset = m.offset + m.header_size
                 body_end = body_offset + header.size
-                stop = min(end, body_end + (-header.size % fmt.BLOCK))
+                member_end = body_end + (-header.size % fmt.BLOCK)
+                if pos == m.offset and member_end <= end:
+                    # The common case in a large read: the whole member.
+                    self._whole_member(m, folders, parts)
+                    pos = member_end
+                    continue
+                stop = min(end, member_end)
                 fd = self._checked_fd(m, folders) if header.kind == fmt.FILE else -1
                 try:
                     if pos < body_offset:
@@ -111,14 +118,40 @@ class TapeReader:
             folders.close()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def _whole_member(self, m: Member, folders: _Folders, parts: list[bytes]) -> None:
+        size = m.header.size
+        if m.header.kind != fmt.FILE:
+            parts.append(self._header_bytes(m))
+            return
+        fd = self._checked_fd(m, folders)
+        try:
+            parts.append(self._header_bytes(m))
+            if size:
+                parts.append(self._pread(m, fd, size, 0))
+        finally:
+            os.close(fd)
+        if size % fmt.BLOCK:
+            parts.append(bytes(-size % fmt.BLOCK))
+
+    def _next_member(self, offset: int) -> Member:
+        """The member holding ``offset``: in a sequential read, simply the next one of the window."""
+        cursor = self._cursor + 1
+        window = self._window
+        if cursor < len(window) and window[cursor].offset == offset:
+            self._cursor = cursor
+            return window[cursor]
+        return self.member_at(offset)
+
     def member_at(self, offset: int) -> Member:
         """The member holding ``offset`` (which must be before the footer)."""
         starts = self._starts
         if starts and starts[0] <= offset < self._window_end:
-            return self._window[bisect.bisect_right(starts, offset) - 1]
+            self._cursor = bisect.bisect_right(starts, offset) - 1
+            return self._window[self._cursor]
         self._window = self._index.members_from(offset, _WINDOW)
         self._starts = [m.offset for m in self._window]
         self._window_end = self._window[-1].end
+        self._cursor = 0
         return self._window[0]
 
     def header(self, m: Member) -> bytes:
