@@ -110,10 +110,6 @@ def archive_name(prefix: bytes, source: bytes, kind: str) -> bytes:
     return name + b"/" if kind == fmt.DIR else name
 
 
-def footer_start(total_size: int) -> int:
-    return total_size - len(fmt.FOOTER)
-
-
 class Fingerprint:
     """SHA-256 over everything that decides the tape's bytes, member by member.
 

@@ -28,7 +28,6 @@ the index alone.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import errno
 import os
@@ -36,7 +35,7 @@ import stat
 
 from . import format as fmt
 from .errors import IndexCorruptError, SourceChangedError, UsageError
-from .layout import Member
+from .layout import Member, member_index
 
 _WINDOW = 64  # members fetched per index query
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -146,19 +145,13 @@ class TapeReader:
         """The member holding ``offset`` (which must be before the footer)."""
         starts = self._starts
         if starts and starts[0] <= offset < self._window_end:
-            self._cursor = bisect.bisect_right(starts, offset) - 1
+            self._cursor = member_index(starts, offset)
             return self._window[self._cursor]
         self._window = self._index.members_from(offset, _WINDOW)
         self._starts = [m.offset for m in self._window]
         self._window_end = self._window[-1].end
         self._cursor = 0
         return self._window[0]
-
-    def header(self, m: Member) -> bytes:
-        """The header bytes of ``m``; for a regular file, only after its source checks out."""
-        if m.kind == fmt.FILE:
-            os.close(self._checked_fd(m))
-        return self._header_bytes(m)
 
     def _header_bytes(self, m: Member) -> bytes:
         data = encode_header(m.header)
@@ -169,14 +162,6 @@ class TapeReader:
                 f"the byte rules give {len(data)}; record the tape again"
             )
         return data
-
-    def body(self, m: Member, start: int, size: int) -> bytes:
-        """``size`` bytes of ``m``'s body from ``start`` (relative to the body), checked."""
-        fd = self._checked_fd(m)
-        try:
-            return self._pread(m, fd, size, start)
-        finally:
-            os.close(fd)
 
     def _pread(self, m: Member, fd: int, size: int, start: int) -> bytes:
         data = os.pread(fd, size, start)

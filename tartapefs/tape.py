@@ -89,13 +89,6 @@ class Tape:
             raise MemberNotFoundError(f"{show_path(name)}: no such member in {self.index_path}")
         return member
 
-    def member_at(self, offset: int) -> Member | None:
-        """The member holding byte ``offset``, or None in the footer."""
-        if not 0 <= offset < self.total_size - len(fmt.FOOTER):
-            return None
-        members = self._index.members_from(offset, 1)
-        return members[0] if members else None
-
     def close(self) -> None:
         self._index.close()
 
