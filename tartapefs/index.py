@@ -61,20 +61,16 @@ class Index:
         if self.meta.get("format") != FORMAT:
             self._close_quietly()
             raise IndexCorruptError(f"{path}: not a tartapefs index (an SQLite file of something else)")
-        version = self.meta.get("format_version")
-        if version != FORMAT_VERSION:
-            self._close_quietly()
-            raise IndexVersionError(
-                f"{path}: index format version {version}, this tartapefs reads version "
-                f"{FORMAT_VERSION}; record the tape again with this version"
-            )
-        rules = self.meta.get("bytes_version")
-        if rules != BYTES_VERSION:
-            self._close_quietly()
-            raise IndexVersionError(
-                f"{path}: recorded under byte rules version {rules}, this tartapefs writes version "
-                f"{BYTES_VERSION}; record the tape again with this version"
-            )
+        for key, ours, what in (
+            ("format_version", FORMAT_VERSION, "index format"),
+            ("bytes_version", BYTES_VERSION, "byte rules"),
+        ):
+            if self.meta.get(key) != ours:
+                self._close_quietly()
+                raise IndexVersionError(
+                    f"{path}: {what} version {self.meta.get(key)}, this tartapefs uses version "
+                    f"{ours}; record the tape again with this version"
+                )
         missing = [key for key in _REQUIRED_META if key not in self.meta]
         if missing:
             self._close_quietly()

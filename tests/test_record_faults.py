@@ -154,17 +154,29 @@ def test_sigkill_during_record_leaves_the_previous_index_and_the_next_record_cle
     assert after != before and os.listdir(index.parent) == ["index.db"]
 
 
-def test_an_index_from_a_newer_format_version_is_refused_in_one_line(tmp_path):
+@pytest.fixture
+def small_index(tmp_path):
+    """A three-file folder recorded into tmp_path/index.db: (source, index)."""
     src = tmp_path / "data"
     many_files(src, 3)
     index = tmp_path / "index.db"
     TapeRecorder(str(src), index_path=str(index)).commit()
+    return src, index
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [("format_version", 99, "index format version 99,"), ("bytes_version", 1, "byte rules version 1,")],
+    ids=["newer index format", "older byte rules"],
+)
+def test_an_index_of_another_version_is_refused_in_one_line(small_index, key, value, said):
+    src, index = small_index
     with sqlite3.connect(index) as db:
-        db.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'")
-    with pytest.raises(IndexVersionError, match="version 99"):
+        db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    with pytest.raises(IndexVersionError, match=said):
         Tape.open(str(index))
     proc = subprocess.run([*TARTAPE, "info", str(src), "--index", str(index)], capture_output=True)
-    assert "format version 99" in one_line_failure(proc)
+    assert said in one_line_failure(proc)
 
 
 def test_the_index_is_private_0600_in_a_0700_folder(tmp_path):
@@ -182,22 +194,8 @@ def test_recording_a_file_instead_of_a_folder_is_a_usage_error(tmp_path):
         TapeRecorder(str(tmp_path / "f"))
 
 
-def test_an_index_recorded_under_other_byte_rules_is_refused(tmp_path):
-    src = tmp_path / "data"
-    many_files(src, 3)
-    index = tmp_path / "index.db"
-    TapeRecorder(str(src), index_path=str(index)).commit()
-    with sqlite3.connect(index) as db:
-        db.execute("UPDATE meta SET value = 1 WHERE key = 'bytes_version'")
-    with pytest.raises(IndexVersionError, match="byte rules version 1"):
-        Tape.open(str(index))
-
-
-def test_a_header_size_that_disagrees_with_the_byte_rules_never_serves_shifted_bytes(tmp_path):
-    src = tmp_path / "data"
-    many_files(src, 3)
-    index = tmp_path / "index.db"
-    TapeRecorder(str(src), index_path=str(index)).commit()
+def test_a_header_size_that_disagrees_with_the_byte_rules_never_serves_shifted_bytes(small_index):
+    _, index = small_index
     with sqlite3.connect(index) as db:  # as an index of older rules would say
         db.execute("UPDATE members SET header_size = 1024 WHERE offset = (SELECT max(offset) FROM members)")
     with Tape.open(str(index)) as tape, TapeReader(tape) as reader:
