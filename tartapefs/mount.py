@@ -303,17 +303,34 @@ def setup_logging(args: argparse.Namespace) -> None:
     root.setLevel(args.log_level)
 
 
+def default_log_path(mnt: str) -> str:
+    """Where a background daemon logs with neither --log-file nor syslog:
+    ``$XDG_STATE_HOME/tartapefs/log/<mount point, / as _>.log``."""
+    from .tape import state_dir
+
+    return os.path.join(state_dir(), "log", (mnt.strip("/").replace("/", "_") or "root") + ".log")
+
+
 def detach_stdio(args: argparse.Namespace) -> None:
     """Background child, once ready: stop using the caller's terminal (or
-    pipe: a caller reading our stderr would otherwise wait for us to exit)."""
+    pipe: a caller reading our stderr would otherwise wait for us to exit).
+    Logs go on to syslog, or else to default_log_path(): the line naming a
+    changed member must land somewhere a user can read it."""
     if not args.log_file:
         root = logging.getLogger()
+        handler: logging.Handler
         if os.path.exists("/dev/log"):
-            handler: logging.Handler = logging.handlers.SysLogHandler("/dev/log")
+            handler = logging.handlers.SysLogHandler("/dev/log")
             handler.setFormatter(logging.Formatter(_log_format(args.mountpoint)))
-            root.handlers[:] = [handler]
         else:
-            root.handlers[:] = [logging.NullHandler()]
+            path = default_log_path(args.mountpoint)
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                handler = logging.FileHandler(path)
+                handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(args.mountpoint)))
+            except OSError:
+                handler = logging.NullHandler()
+        root.handlers[:] = [handler]
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

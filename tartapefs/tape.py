@@ -224,14 +224,19 @@ def default_index_path(src: str) -> str:
     return inside if os.access(os.path.realpath(src), os.W_OK) else state
 
 
+def state_dir() -> str:
+    """tartapefs' per-user state folder: ``$XDG_STATE_HOME/tartapefs`` (~/.local/state/tartapefs)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state_home, "tartapefs")
+
+
 def index_candidates(src: str) -> tuple[str, str]:
     """The two places an index of ``src`` may live: inside it, and the per-user state dir."""
     real = os.path.realpath(src)
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     return (
         os.path.join(real, INDEX_DIR, INDEX_NAME),
-        os.path.join(state_home, "tartapefs", digest, INDEX_NAME),
+        os.path.join(state_dir(), digest, INDEX_NAME),
     )
 
 

@@ -176,10 +176,11 @@ class Mounts:
         wait_until(up, f"mount of {src} at {m.mnt}")
         return m
 
-    def background(self, src: Path, mnt: Path | None = None, *args: str) -> Mount:
-        """``tartape-mount`` as users run it: returns when the command has exited 0."""
+    def background(self, src: Path, mnt: Path | None = None, *args: str, log_file: bool = True) -> Mount:
+        """``tartape-mount`` as users run it: returns when the command has exited 0.
+        ``log_file=False`` leaves the daemon its default log destination."""
         m = self._new(src, mnt)
-        done = run_mount_cli(src, m.mnt, "--log-file", m.log, *args)
+        done = run_mount_cli(src, m.mnt, *(("--log-file", m.log) if log_file else ()), *args)
         m.pids = daemon_pids(m.mnt)
         assert done.returncode == 0, done.stderr
         return m

@@ -270,6 +270,20 @@ def test_changed_source_gives_eio_for_that_member_only(mounts, tmp_path):
     assert lines and str(mount.mnt) in lines[0] and "EIO" in lines[0]
 
 
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="with syslog present the daemon logs there")
+def test_a_background_daemon_without_syslog_logs_the_changed_member_to_its_state_folder(
+        mounts, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    src = build_transfer_tree(tmp_path)
+    mount = mounts.background(src, None, log_file=False)
+    two = _locate(src, "data/big/two.bin")
+    with open(src / "big" / "two.bin", "r+b") as f:
+        f.write(b"changed!")
+    assert pread_errno(mount.file, two.body_offset, 4096) == errno.EIO
+    log = tmp_path / "state" / "tartapefs" / "log" / (str(mount.mnt).strip("/").replace("/", "_") + ".log")
+    wait_until(lambda: log.exists() and "big/two.bin" in log.read_text(), f"the member named in {log}")
+
+
 def test_name_and_index_options(mounts, tmp_path):
     src = build_small_tree(tmp_path)
     index = tmp_path / "elsewhere" / "my.db"
