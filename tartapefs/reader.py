@@ -233,14 +233,12 @@ class TapeReader:
     def _in_parent(self, source: bytes, call):
         """``call(name, dir_fd=...)`` on the last component of ``source``, its parent
         folder opened without following symlinks."""
-        parent, _, name = source.rpartition(b"/")
-        if not parent:
-            return call(name, dir_fd=self._root_fd)
-        fd = _open_beneath(self._root_fd, parent, _DIR_FLAGS)
+        folders = _Folders(self._root_fd)
         try:
-            return call(name, dir_fd=fd)
+            name, dir_fd = folders.locate(source)
+            return call(name, dir_fd=dir_fd)
         finally:
-            os.close(fd)
+            folders.close()
 
 
 class _Folders:
@@ -254,15 +252,20 @@ class _Folders:
         self._root_fd = root_fd
         self._fds: dict[bytes, int] = {}
 
-    def open_file(self, source: bytes) -> int:
+    def locate(self, source: bytes) -> tuple[bytes, int]:
+        """``(last component, descriptor of its parent folder)`` for ``source``."""
         parent, _, name = source.rpartition(b"/")
         if not parent:
-            return os.open(name, _FILE_FLAGS, dir_fd=self._root_fd)
+            return name, self._root_fd
         dir_fd = self._fds.get(parent)
         if dir_fd is None:
             if len(self._fds) >= self._MAX:
                 self.close()
             dir_fd = self._fds[parent] = _open_beneath(self._root_fd, parent, _DIR_FLAGS)
+        return name, dir_fd
+
+    def open_file(self, source: bytes) -> int:
+        name, dir_fd = self.locate(source)
         return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
 
     def close(self) -> None:
