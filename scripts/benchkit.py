@@ -273,7 +273,11 @@ def alternate(cases: dict[str, Callable[[], float]], repeats: int,
     """Warms up (by default: every case once, untimed, which fills the sources' page cache for
     all of them), then repeats rounds of A B C ..., so drift on the machine hits every case
     alike. `at_most` caps the runs of a case too slow to repeat (it then runs in the first
-    rounds only). Returns all samples (seconds) by case."""
+    rounds only). Returns all samples (seconds) by case.
+
+    Dirty pages are flushed first, so the writeback of datasets just written does not overlap
+    (and slow) whichever case happens to run while it goes on."""
+    os.sync()
     for fn in [warm_up] if warm_up else cases.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in cases}
