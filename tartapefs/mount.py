@@ -24,6 +24,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
@@ -34,6 +35,8 @@ log = logging.getLogger("tartapefs.mount")
 
 PROG = "tartape-mount"
 FSTYPE = "fuse.tartapefs"
+# How long a mount found on the mount point has to answer before it counts as hung.
+PROBE_TIMEOUT_S = 5.0
 # Bigger kernel read-ahead turns buffered 128 KiB requests into 1 MiB ones
 # (DESIGN.md, "FUSE facts"); value in KiB. Measured on a 1.1 GB tape from
 # page-cached sources: dd bs=1M 0.5-0.9 -> 1.3-2.6 GB/s, cat 0.9-1.2 -> 1.4-2.7.
@@ -183,12 +186,39 @@ def check_mountpoint(mnt: str, src: str) -> None:
         raise UsageError(f"{mnt}: mount point is not empty (its files would be hidden)")
 
 
+def _statfs_answer(mnt: str, timeout: float = PROBE_TIMEOUT_S) -> OSError | None:
+    """``os.statvfs(mnt)``'s error, None if it answered; raises TimeoutError when
+    nothing answers within ``timeout`` seconds. statfs, not stat: the kernel answers
+    stat from its attribute cache even when the daemon behind the mount is dead.
+    The call runs in a thread because a stopped or hung daemon never answers it."""
+    answer: list[OSError | None] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(mnt)
+            answer.append(None)
+        except OSError as err:
+            answer.append(err)
+
+    # A daemon thread: if the mount never answers, it must not keep us from exiting.
+    worker = threading.Thread(target=probe, name="statfs-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not answer:
+        raise TimeoutError
+    return answer[0]
+
+
 def _check_existing_mount(mnt: str, canonical: str, fstype: str) -> None:
     try:
-        # statfs, not stat: the kernel answers stat from its attribute cache
-        # even when the daemon behind the mount is dead.
-        os.statvfs(mnt)
-    except OSError as err:
+        err = _statfs_answer(mnt)
+    except TimeoutError:
+        raise UsageError(
+            f"{mnt}: already mounted ({fstype}), but nothing answers on it for "
+            f"{PROBE_TIMEOUT_S:g} s (its daemon is stopped or hung); "
+            f"detach it with: fusermount3 -uz {mnt}"
+        ) from None
+    if err is not None:
         if err.errno != errno.ENOTCONN:
             raise UsageError(f"{mnt}: cannot use mount point ({err.strerror})") from None
         if fstype != FSTYPE:

@@ -325,6 +325,25 @@ def test_after_kill_9_the_next_mount_works(mounts, tmp_path):
     assert file_sha256(again.file) == sha256(stream_bytes(src))
 
 
+def test_a_stopped_daemon_is_reported_not_waited_for(mounts, tmp_path):
+    src = build_small_tree(tmp_path)
+    frozen = mounts.foreground(src)
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        # Probing the mount point used to wait forever for the frozen daemon.
+        done = run_mount_cli(src, frozen.mnt)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert str(frozen.mnt) in lines[0] and "stopped or hung" in lines[0]
+        assert f"fusermount3 -uz {frozen.mnt}" in lines[0]
+        assert mounted_fstype(frozen.mnt) == "fuse.tartapefs"  # left for its owner to decide
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    # Continued, the daemon serves as before.
+    assert file_sha256(frozen.file) == sha256(stream_bytes(src))
+
+
 def test_systemd_notify_ready_then_stopping(mounts, tmp_path):
     src = build_small_tree(tmp_path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
