@@ -37,6 +37,7 @@ PROG = "tartape-mount"
 FSTYPE = "fuse.tartapefs"
 # How long a mount found on the mount point has to answer before it counts as hung.
 PROBE_TIMEOUT_S = 5.0
+FUSE_DEVICE = "/dev/fuse"
 # Bigger kernel read-ahead turns buffered 128 KiB requests into 1 MiB ones
 # (DESIGN.md, "FUSE facts"); value in KiB. Measured on a 1.1 GB tape from
 # page-cached sources: dd bs=1M 0.5-0.9 -> 1.3-2.6 GB/s, cat 0.9-1.2 -> 1.4-2.7.
@@ -162,6 +163,22 @@ def check_source(src: str) -> None:
     _stat_folder(src, "source")
     if not os.access(src, os.R_OK | os.X_OK):
         raise UsageError(f"{src}: source cannot be read (permission denied)")
+
+
+def check_fuse_device(device: str = FUSE_DEVICE) -> None:
+    """Raise UsageError unless this process can open the FUSE device.
+
+    libfuse 3 opens it before anything else and, when that is refused, fails
+    without trying fusermount3: a user then got a libfuse line and "mounting
+    failed". Root always passes (libfuse reports anything stranger itself).
+    """
+    if not os.path.exists(device):
+        raise UsageError(f"{device}: no such device: this kernel has no FUSE (try: modprobe fuse)")
+    if os.geteuid() != 0 and not os.access(device, os.R_OK | os.W_OK):
+        raise UsageError(
+            f"{device}: permission denied: mounting as a user needs read and write access to it "
+            f"(most systems give every user that: chmod 0666 {device}), or mount as root"
+        )
 
 
 def check_mountpoint(mnt: str, src: str) -> None:
@@ -437,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_source(args.src)
         check_mountpoint(args.mountpoint, args.src)
         options = fuse_options(args)
+        check_fuse_device()
     except UsageError as err:
         readiness.failed(str(err))
         return 1

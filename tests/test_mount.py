@@ -15,14 +15,17 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tarfile
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from mountutil import (DEADLINE_S, NAME, TARTAPE, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
+from mountutil import (DEADLINE_S, NAME, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
                        force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
                        run_as_nobody, run_mount_cli, stream_bytes, wait_until)
 from trees import _Builder, build_small_tree, content, tree_differences
@@ -451,6 +454,78 @@ def test_an_unreadable_source_is_one_line_and_nothing_starts(world_dir):
     assert done.stderr.strip().splitlines() == [f"tartape-mount: {src}: source cannot be read (permission denied)"]
     assert daemon_pids(mnt) == [] and mounted_fstype(mnt) is None
     assert not (src / ".tartape").exists()
+
+
+@contextmanager
+def fuse_device_mode(mode: int):
+    """/dev/fuse with ``mode`` for the duration (systems differ: 0666 on most, 0600 here)."""
+    before = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", mode)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
+def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           *map(str, argv)], capture_output=True, timeout=DEADLINE_S, cwd="/")
+
+
+def test_a_user_without_access_to_dev_fuse_gets_one_line(world_dir):
+    src = build_small_tree(world_dir)
+    mnt = world_dir / "mnt"
+    mnt.mkdir()
+    with fuse_device_mode(0o600):
+        done = run_as_nobody("tartapefs.mount", src, mnt)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tartape-mount: /dev/fuse: permission denied"), done.stderr
+    assert "chmod 0666 /dev/fuse" in lines[0] and "mount as root" in lines[0]
+    assert daemon_pids(mnt) == [] and mounted_fstype(mnt) is None
+    assert not (src / ".tartape").exists()
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_a_user_mounts_reads_and_unmounts_their_own_archive(world_dir):
+    src = build_small_tree(world_dir)
+    # First: `tartape stream` keeps its index in SRC/.tartape, whose creation changes SRC's mtime.
+    reference = sha256(stream_bytes(src))
+    mnt, state = world_dir / "mnt", world_dir / "state"
+    for folder in (mnt, state):
+        folder.mkdir()
+        os.chown(folder, NOBODY, NOBODY)
+    # -f: the background mode re-executes the interpreter, which may live where nobody
+    # cannot go; the modules are loaded as root, then the process becomes nobody.
+    code = ("import os, sys; from tartapefs.mount import main; import tartapefs.daemon; "
+            f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY}); sys.exit(main(sys.argv[1:]))")
+    with fuse_device_mode(0o666):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(src), str(mnt), "-f", "--index", str(state / "index.db"),
+             "--log-file", str(state / "mount.log")],
+            cwd="/", env=daemon_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        try:
+            def up() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(f"tartape-mount as nobody exited {proc.returncode}: "
+                                f"{proc.stderr.read().decode(errors='replace')}")
+                return mounted_fstype(mnt) == "fuse.tartapefs"
+
+            wait_until(up, "a mount made by nobody")
+            read = as_nobody("cat", mnt / NAME)
+            assert read.returncode == 0, read.stderr
+            assert sha256(read.stdout) == reference
+            # The mount is the user's own: the user takes it down, and the daemon exits 0.
+            done = as_nobody("fusermount3", "-u", mnt)
+            assert done.returncode == 0, done.stderr
+            assert proc.wait(timeout=DEADLINE_S) == 0
+            assert mounted_fstype(mnt) is None
+        finally:
+            force_unmount(mnt)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_unmounting_what_is_not_mounted_is_one_line(tmp_path):
