@@ -30,11 +30,11 @@ from typing import NoReturn, Sequence
 
 from .cli import OneLineParser
 from .errors import UsageError
+from .mountinfo import FSTYPE, mounted_fstype
 
 log = logging.getLogger("tartapefs.mount")
 
 PROG = "tartape-mount"
-FSTYPE = "fuse.tartapefs"
 # How long a mount found on the mount point has to answer before it counts as hung.
 PROBE_TIMEOUT_S = 5.0
 FUSE_DEVICE = "/dev/fuse"
@@ -113,31 +113,6 @@ def fuse_options(args: argparse.Namespace) -> set[str]:
 
 
 # -- checks -----------------------------------------------------------------
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mounted_fstype(path: str) -> str | None:
-    """File system type mounted exactly at ``path`` (``fuse.tartapefs``...), or None."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape_mountinfo(fields[4]) == path:
-                found = fields[sep + 1]  # the last mount on a path is the visible one
-    return found
 
 
 def _canonical(path: str) -> str:

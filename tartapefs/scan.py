@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import UsageError, show_path
+from .mountinfo import FSTYPE, mounted_fstype
 
 log = logging.getLogger("tartapefs")
 
@@ -74,14 +75,16 @@ def walk(
     access = _Access()
     unreadable: list[bytes] = []
     count = 0
-    # (directory fd, its source path, its remaining names in reverse order)
-    stack: list[tuple[int, bytes, list[bytes]]] = []
+    real_root = os.fsencode(os.path.realpath(root))  # for mount lookups only
+    # (directory fd, its source path, its remaining names in reverse order, its device)
+    stack: list[tuple[int, bytes, list[bytes], int]] = []
     try:
-        yield Entry(b"", fmt.DIR, os.fstat(root_fd))
-        stack.append((root_fd, b"", _sorted_names(root_fd, b"")))
+        root_st = os.fstat(root_fd)
+        yield Entry(b"", fmt.DIR, root_st)
+        stack.append((root_fd, b"", _sorted_names(root_fd, b""), root_st.st_dev))
         root_fd = -1  # owned by the stack now
         while stack:
-            dir_fd, dir_source, names = stack[-1]
+            dir_fd, dir_source, names, dir_dev = stack[-1]
             if not names:
                 stack.pop()
                 os.close(dir_fd)
@@ -110,6 +113,12 @@ def walk(
                     first_inode[key] = source
                 yield Entry(source, fmt.FILE, st)
             elif stat.S_ISDIR(mode):
+                if st.st_dev != dir_dev and _is_tape_mount(real_root, source):
+                    # As GNU tar leaves out the archive it writes: reading this
+                    # member would make a daemon read its own mount.
+                    log.warning("%s: skipped, a tartapefs mount (an archive never holds one)",
+                                show_path(source))
+                    continue
                 try:
                     if not access.allowed(st, name, dir_fd, os.R_OK | os.X_OK):
                         raise PermissionError(errno.EACCES, "permission denied")
@@ -118,7 +127,7 @@ def walk(
                     _unreadable(unreadable, source, err.strerror.lower())
                     continue
                 yield Entry(source, fmt.DIR, st)
-                stack.append((fd, source, _sorted_names(fd, source)))
+                stack.append((fd, source, _sorted_names(fd, source), st.st_dev))
             elif stat.S_ISLNK(mode):
                 yield Entry(source, fmt.SYMLINK, st, os.readlink(name, dir_fd=dir_fd))
             else:
@@ -133,8 +142,13 @@ def walk(
     finally:
         if root_fd >= 0:
             os.close(root_fd)
-        for fd, _, _ in stack:
+        for fd, *_ in stack:
             os.close(fd)
+
+
+def _is_tape_mount(real_root: bytes, source: bytes) -> bool:
+    """Whether the folder ``source`` (below the real path of the root) is a tartapefs mount."""
+    return mounted_fstype(os.fsdecode(os.path.join(real_root, source))) == FSTYPE
 
 
 class _Access:

@@ -328,6 +328,25 @@ def test_after_kill_9_the_next_mount_works(mounts, tmp_path):
     assert file_sha256(again.file) == sha256(stream_bytes(src))
 
 
+def test_a_tape_mounted_inside_its_source_is_left_out_of_a_new_recording(mounts, tmp_path):
+    from tartapefs import Tape
+
+    src = build_small_tree(tmp_path)
+    (src / "mnt").mkdir()
+    mount = mounts.background(src, src / "mnt")
+    # Recorded again while mounted: the walk reaches the mount. Archived, its member would
+    # make a daemon read its own archive.
+    done = subprocess.run([*TARTAPE, "record", src, "--index", tmp_path / "again.db"],
+                          capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr
+    assert "mnt: skipped, a tartapefs mount" in done.stderr
+    with Tape.open(str(tmp_path / "again.db")) as tape:
+        sources = [m.source for m in tape.members()]
+    assert b"sub/c.txt" in sources and not any(s.startswith(b"mnt") for s in sources), sources
+    # The mount itself recorded "mnt" as the empty folder it was, and serves on.
+    assert tarfile.open(mount.file).getmember("data/mnt").isdir()
+
+
 def test_a_stopped_daemon_is_reported_not_waited_for(mounts, tmp_path):
     src = build_small_tree(tmp_path)
     frozen = mounts.foreground(src)
