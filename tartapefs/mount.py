@@ -378,14 +378,21 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
 def run_in_background(args: argparse.Namespace) -> int:
     """Start the daemon and return once it serves (0) or has said why not (1)."""
     read_end, write_end = os.pipe()
-    child = subprocess.Popen(
-        _child_argv(args, write_end),
-        pass_fds=(write_end,),
-        start_new_session=True,  # survives the caller's terminal and Ctrl-C
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        cwd="/",
-    )
+    try:
+        child = subprocess.Popen(
+            _child_argv(args, write_end),
+            pass_fds=(write_end,),
+            start_new_session=True,  # survives the caller's terminal and Ctrl-C
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd="/",
+        )
+    except OSError as err:  # the interpreter cannot be run again (gone, or not ours to run)
+        os.close(read_end)
+        os.close(write_end)
+        print(f"{PROG}: {sys.executable}: cannot start the background daemon ({err.strerror}); "
+              f"try --foreground", file=sys.stderr)
+        return 1
     os.close(write_end)
     try:
         with os.fdopen(read_end, "rb") as pipe:

@@ -547,6 +547,21 @@ def test_a_user_mounts_reads_and_unmounts_their_own_archive(world_dir):
                 proc.wait()
 
 
+def test_a_background_daemon_that_cannot_be_started_is_one_line(tmp_path, monkeypatch, capsys):
+    from tartapefs import mount
+
+    src = build_small_tree(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    missing = str(tmp_path / "no-such-python")
+    monkeypatch.setattr(sys, "executable", missing)
+    assert mount.run_in_background(mount.parse_args([str(src), str(mnt)])) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"tartape-mount: {missing}: cannot start the background daemon "
+                     "(No such file or directory); try --foreground"]
+    assert mounted_fstype(mnt) is None
+
+
 def test_unmounting_what_is_not_mounted_is_one_line(tmp_path):
     done = run_mount_cli("-u", tmp_path)
     assert done.returncode != 0 and "Traceback" not in done.stderr
