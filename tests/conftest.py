@@ -63,3 +63,11 @@ def mounts(tmp_path):
     m = Mounts(tmp_path)
     yield m
     m.stop_all()
+
+
+@pytest.fixture
+def world_mounts(world_dir: Path):
+    """Mounts inside a folder any user may enter; stopped before that folder is removed."""
+    m = Mounts(world_dir)
+    yield m
+    m.stop_all()

@@ -56,6 +56,12 @@ def run_as_nobody(module: str, *args: str | Path) -> subprocess.CompletedProcess
                           text=True, cwd="/", env=daemon_env(), timeout=DEADLINE_S)
 
 
+def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
+    """``argv`` run as user nobody (through ``setpriv``), output captured."""
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           *map(str, argv)], capture_output=True, timeout=DEADLINE_S, cwd="/")
+
+
 def stream_bytes(src: Path) -> bytes:
     """The archive as ``tartape stream SRC`` writes it: the reference bytes."""
     return subprocess.run([*TARTAPE, "stream", str(src)], capture_output=True, check=True).stdout

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import (DEADLINE_S, NAME, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, daemon_env, daemon_pids,
-                       force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
+from mountutil import (DEADLINE_S, NAME, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, as_nobody, daemon_env,
+                       daemon_pids, force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
                        run_as_nobody, run_mount_cli, stream_bytes, wait_until)
 from trees import _Builder, build_small_tree, content, tree_differences
 
@@ -484,11 +484,6 @@ def fuse_device_mode(mode: int):
         yield
     finally:
         os.chmod("/dev/fuse", before)
-
-
-def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           *map(str, argv)], capture_output=True, timeout=DEADLINE_S, cwd="/")
 
 
 def test_a_user_without_access_to_dev_fuse_gets_one_line(world_dir):

@@ -7,7 +7,6 @@ import errno
 import io
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mountutil import NOBODY, Mounts, stream_bytes
+from mountutil import as_nobody, stream_bytes
 from mutations import OUTSIDE_BYTE
 from trees import _Builder, archive_of, content, record
 
@@ -24,19 +23,6 @@ needs_mount = pytest.mark.skipif(
     not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
     reason="real mounts need root, /dev/fuse and fusermount3",
 )
-
-
-def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           *map(str, argv)], capture_output=True)
-
-
-@pytest.fixture
-def world_mounts(world_dir: Path):
-    """Mounts inside a folder any user may enter; stopped before that folder is removed."""
-    m = Mounts(world_dir)
-    yield m
-    m.stop_all()
 
 
 # --- who can read the mount ----------------------------------------------------------------
