@@ -9,8 +9,9 @@ TT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # What the project needs from Debian: FUSE 3 and its headers (pyfuse3 is built from source
 # against them), and the real readers the mount tests and the demo drive: GNU tar, bsdtar,
-# rsync, rclone, and systemd-analyze to check the unit file.
-TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar systemd)
+# rsync, rclone, nginx (serving the mount over HTTP; the tests start their own on loopback),
+# and systemd-analyze to check the unit file.
+TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd)
 
 # Minimum Python for the virtualenv (pyproject.toml says requires-python >= 3.11).
 TT_PYTHON_MIN=(3 11)
