@@ -66,6 +66,9 @@ class TapeReader:
         self._starts: list[int] = []
         self._window_end = 0
         self._cursor = -1  # index in the window of the member last served
+        # The members whose bytes the last read() returned, in tape order: a caller cutting
+        # the bytes at member boundaries (the stream) needs them and need not look them up.
+        self.served: list[Member] = []
 
     # -- public ----------------------------------------------------------
 
@@ -79,6 +82,8 @@ class TapeReader:
             raise UsageError(f"read: negative offset or size ({offset}, {size})")
         end = min(offset + size, self.total_size)
         parts: list[bytes] = []
+        served: list[Member] = []
+        self.served = served
         pos = offset
         folders = _Folders(self._root_fd)
         try:
@@ -88,6 +93,7 @@ class TapeReader:
                     parts.append(bytes(end - pos))
                     break
                 m = self._next_member(pos)
+                served.append(m)
                 header = m.header
                 body_offset = m.offset + m.header_size
                 body_end = body_offset + header.size

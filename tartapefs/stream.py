@@ -65,9 +65,11 @@ class TapePlayer:
         footer = total - len(fmt.FOOTER)
         with TapeReader(self.tape, self.source_root) as reader:
             blocks = _Blocks(reader, chunk_size)
-            if start_offset < footer:
-                for member in self.tape.members(start_offset):
-                    yield from self._member(blocks, member, max(start_offset, member.offset), chunk_size)
+            pos = start_offset
+            while pos < footer:
+                member = blocks.member_at(pos)
+                yield from self._member(blocks, member, pos, chunk_size)
+                pos = member.end
             yield TapeEvent(FILE_DATA, data=bytes(total - max(start_offset, footer)))
             yield TapeEvent(TAPE_COMPLETED)
 
@@ -97,18 +99,39 @@ class TapePlayer:
 class _Blocks:
     """The tape read ahead in blocks of ``chunk_size`` bytes, so that many small
     members cost one checked read (the same reads the FUSE path does), and events
-    are cut out of the block at member boundaries."""
+    are cut out of the block at member boundaries. The members come with the block
+    (the reader's ``served``): the stream never looks one up in the index itself."""
 
     def __init__(self, reader: TapeReader, chunk_size: int) -> None:
         self._reader = reader
         self._size = chunk_size
         self._block = b""
         self._start = 0
+        self._members: list[Member] = []
+        self._cursor = 0
 
     def get(self, start: int, stop: int) -> bytes:
         """Tape bytes ``[start, stop)``, ``stop - start <= chunk_size``."""
         offset = start - self._start
         if offset < 0 or stop - self._start > len(self._block):
-            self._block = self._reader.read(start, self._size)
-            self._start, offset = start, 0
+            self._load(start)
+            offset = 0
         return self._block[offset : offset + stop - start]
+
+    def member_at(self, pos: int) -> Member:
+        """The member holding tape byte ``pos`` (before the footer)."""
+        if not 0 <= pos - self._start < len(self._block):
+            self._load(pos)
+        members, i = self._members, self._cursor
+        if members[i].offset > pos:
+            i = 0
+        while i + 1 < len(members) and members[i + 1].offset <= pos:
+            i += 1
+        self._cursor = i
+        return members[i]
+
+    def _load(self, start: int) -> None:
+        self._block = self._reader.read(start, self._size)
+        self._start = start
+        self._members = self._reader.served
+        self._cursor = 0
