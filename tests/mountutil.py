@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from pathlib import Path
 import pytest
 
 NAME = "dataset.tar"
+# Marks a test (or, as pytestmark, a module) that makes real mounts.
+NEEDS_MOUNT = pytest.mark.skipif(
+    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
+    reason="real mounts need root, /dev/fuse and fusermount3",
+)
 NOBODY = 65534  # uid and gid of an unprivileged user
 # Generous: a loaded CI machine may be slow to mount; this is a deadline, not a timing check.
 DEADLINE_S = 60.0

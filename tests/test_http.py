@@ -20,16 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import DEADLINE_S, NAME, stream_bytes
+from mountutil import DEADLINE_S, NAME, NEEDS_MOUNT, stream_bytes
 from trees import _Builder, content
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-        reason="real mounts need root, /dev/fuse and fusermount3",
-    ),
+    NEEDS_MOUNT,
     pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (Debian package nginx)"),
 ]
 

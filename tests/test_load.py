@@ -12,19 +12,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from mountutil import NEEDS_MOUNT
 from trees import record
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-    reason="real mounts need root, /dev/fuse and fusermount3",
-)
+pytestmark = NEEDS_MOUNT
 
 MEMBERS = 100_000  # files; the tape also holds their 100 folders
 PER_DIR = 1000

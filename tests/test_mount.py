@@ -25,15 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import (DEADLINE_S, NAME, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, as_nobody, daemon_env,
+from mountutil import (DEADLINE_S, NAME, NEEDS_MOUNT, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, as_nobody, daemon_env,
                        daemon_pids, force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
                        run_as_nobody, run_mount_cli, stream_bytes, wait_until)
 from trees import _Builder, build_small_tree, content, tree_differences
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-    reason="real mounts need root, /dev/fuse and fusermount3",
-)
+pytestmark = NEEDS_MOUNT
 
 C_LOCALE = {**os.environ, "LC_ALL": "C"}
 

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from mountutil import TARTAPE, pread_errno, stream_bytes
+from mountutil import NEEDS_MOUNT, TARTAPE, pread_errno, stream_bytes
 from mutations import MUTATIONS, OUTSIDE_BYTE
 from trees import archive_of, build_small_tree, content, record
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-    reason="real mounts need root, /dev/fuse and fusermount3",
-)
+pytestmark = NEEDS_MOUNT
 
 FAR = "data/zz_far.bin"
 FAR_SIZE = 4 << 20  # its tail lies MiBs past every member a mutation touches

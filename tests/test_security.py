@@ -15,20 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mountutil import as_nobody, stream_bytes
+from mountutil import NEEDS_MOUNT, as_nobody, stream_bytes
 from mutations import OUTSIDE_BYTE
 from trees import _Builder, archive_of, content, record
 
-needs_mount = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-    reason="real mounts need root, /dev/fuse and fusermount3",
-)
 
 
 # --- who can read the mount ----------------------------------------------------------------
 
 
-@needs_mount
+@NEEDS_MOUNT
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
 def test_only_the_mounting_user_reads_the_mount_unless_allow_other(world_dir, world_mounts):
     src = world_dir / "data"
@@ -78,7 +74,7 @@ def read_until_error(path: Path) -> tuple[bytes, int | None]:
             got += data
 
 
-@needs_mount
+@NEEDS_MOUNT
 @pytest.mark.parametrize("component", ["x", "x/y", "x/y/z", "x/y/z/f.bin"])
 def test_a_symlink_swapped_into_any_path_component_never_serves_outside_bytes(mounts, tmp_path, component):
     src = build_deep(tmp_path)
