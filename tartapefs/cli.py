@@ -1,73 +1,30 @@
 """``tartape``: record, stream, list, locate and verify tapes from the shell.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit:
-:func:`run_main` is the one place that translates exceptions for both
-command-line programs.
+:func:`~tartapefs.process.run_main` is the one place that translates them.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import logging
 import os
 import stat
 import sys
 from collections.abc import Callable
 
 from . import __version__
-from .errors import TartapeError, UsageError, show_path
+from .errors import UsageError, show_path
+from .process import OneLineParser, Progress, log_to_stderr, run_main
 from .reader import TapeReader, tune_malloc
 from .tape import Tape, TapeRecorder, open_or_record
 
 _CHUNK = 1 << 20
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit 2), not usage + message."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
-
-
-def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; turn every expected failure into one line and an exit code."""
-    try:
-        return body()
-    except TartapeError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        where = f"{show_path(err.filename)}: " if err.filename else ""
-        print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-
-
-def setup_logging(prog: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
-    root = logging.getLogger("tartapefs")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def progress_printer(prog: str) -> Callable[[int], None] | None:
-    """A scan progress line on stderr, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(count: int) -> None:
-        print(f"\r{prog}: scanned {count} entries", end="", file=sys.stderr, flush=True)
-
-    return show
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging("tartape")
+    log_to_stderr("tartape")
     code = run_main("tartape", lambda: args.run(args))
     sys.stderr.flush()
     return code
@@ -115,11 +72,10 @@ def _record(args) -> int:
         anonymize=not args.keep_owner,
         index_path=args.index,
         prefix=args.prefix,
-        progress=progress_printer("tartape"),
+        progress=Progress("tartape: scanned"),
     )
     fingerprint = recorder.commit()
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    recorder.progress.done()
     with Tape.open(recorder.index_path) as tape:
         print(f"recorded {tape.member_count} members, {tape.total_size} bytes, fingerprint {fingerprint}")
         print(f"index: {tape.index_path}")
@@ -128,7 +84,9 @@ def _record(args) -> int:
 
 def _stream(args) -> int:
     tune_malloc()
-    tape = open_or_record(args.src, args.index, progress=progress_printer("tartape"))
+    progress = Progress("tartape: scanned")
+    tape = open_or_record(args.src, args.index, progress=progress)
+    progress.done()
     if not 0 <= args.start_offset <= tape.total_size:
         raise UsageError(f"--start-offset {args.start_offset}: outside the tape (0 to {tape.total_size} bytes)")
     if args.output:

@@ -118,8 +118,10 @@ class Fingerprint:
     and the total size. It does not cover where the source lies.
     """
 
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256(b"tartapefs-bytes-v%d\n" % BYTES_VERSION)
+    def __init__(self, plan: bytes = b"") -> None:
+        # ``plan``: how the recording was cut (a shard's options and number); empty
+        # for a whole tape, whose fingerprint is then that of an unplanned recording.
+        self._hash = hashlib.sha256(b"tartapefs-bytes-v%d\n%s" % (BYTES_VERSION, plan))
 
     def add(self, h: fmt.Header, header_size: int) -> None:
         # NUL cannot occur in a name, a link target or an owner name, so
@@ -147,6 +149,9 @@ class Fingerprint:
         return final.hexdigest()
 
 
-def member_index(offsets: list[int], offset: int) -> int:
-    """Index of the member containing ``offset``, given the members' sorted start offsets."""
-    return bisect.bisect_right(offsets, offset) - 1
+def locate(starts: list[int], offset: int) -> int:
+    """The one locator: index of the piece holding ``offset``, given the pieces'
+    sorted start offsets (members in a window, members of a block, tapes on the
+    global line); -1 when ``offset`` lies before the first. The piece's own end
+    says whether ``offset`` is past it."""
+    return bisect.bisect_right(starts, offset) - 1

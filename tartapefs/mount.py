@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import logging.handlers
 import os
-import socket
 import stat
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
-from .cli import OneLineParser
+from .process import OneLineParser, Readiness, log_for_mount
 from .errors import UsageError
 from .mountinfo import FSTYPE, mounted_fstype
 
@@ -38,10 +35,6 @@ PROG = "tartape-mount"
 # How long a mount found on the mount point has to answer before it counts as hung.
 PROBE_TIMEOUT_S = 5.0
 FUSE_DEVICE = "/dev/fuse"
-# Bigger kernel read-ahead turns buffered 128 KiB requests into 1 MiB ones
-# (DESIGN.md, "FUSE facts"); value in KiB. Measured on a 1.1 GB tape from
-# page-cached sources: dd bs=1M 0.5-0.9 -> 1.3-2.6 GB/s, cat 0.9-1.2 -> 1.4-2.7.
-READ_AHEAD_KB = 1024
 # Options that must not reach libfuse: 'max_read=' breaks the pyfuse3 session
 # (init mismatch), and the archive is read-only by nature.
 REFUSED_OPTIONS = {"max_read": "breaks pyfuse3 mounts", "rw": "the archive is read-only"}
@@ -253,112 +246,6 @@ def unmount_command(mnt: str) -> int:
     return 0
 
 
-# -- readiness and systemd ----------------------------------------------------
-
-
-def sd_notify(state: str) -> None:
-    """Send ``state`` (e.g. "READY=1") to systemd if it is listening.
-    Never fails: a service manager that cannot be told is not our error."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as err:
-        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], err)
-
-
-@dataclass
-class Readiness:
-    """Tells whoever waits for the mount (background parent, systemd) that it
-    is usable, or why it never will be."""
-
-    ready_fd: int | None
-
-    def ready(self, status: str) -> None:
-        sd_notify(f"READY=1\nSTATUS={status}")
-        self._send(b"ready\n")
-
-    def failed(self, message: str) -> None:
-        if self.ready_fd is None:
-            print(f"{PROG}: {message}", file=sys.stderr)
-        self._send(f"error {message}\n".encode(errors="backslashreplace"))
-
-    def _send(self, line: bytes) -> None:
-        if self.ready_fd is None:
-            return
-        try:
-            os.write(self.ready_fd, line)
-            os.close(self.ready_fd)
-        except OSError:
-            pass  # the parent is gone; nobody to tell
-        self.ready_fd = None
-
-
-# -- logging ------------------------------------------------------------------
-
-
-def _log_format(mnt: str) -> str:
-    # Several mounts may log to one place: every line names its mount point.
-    return f"{PROG} {mnt}: %(levelname)s %(message)s"
-
-
-def setup_logging(args: argparse.Namespace) -> None:
-    """Log to --log-file, else to stderr. Only a user-chosen foreground shows
-    INFO on the terminal: a background start stays as quiet as sshfs unless
-    something is wrong."""
-    handler: logging.Handler
-    if args.log_file:
-        handler = logging.FileHandler(args.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(args.mountpoint)))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_log_format(args.mountpoint)))
-        if args.ready_fd is not None or not args.foreground:
-            handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(args.log_level)
-
-
-def default_log_path(mnt: str) -> str:
-    """Where a background daemon logs with neither --log-file nor syslog:
-    ``$XDG_STATE_HOME/tartapefs/log/<mount point, / as _>.log``."""
-    from .tape import state_dir
-
-    return os.path.join(state_dir(), "log", (mnt.strip("/").replace("/", "_") or "root") + ".log")
-
-
-def detach_stdio(args: argparse.Namespace) -> None:
-    """Background child, once ready: stop using the caller's terminal (or
-    pipe: a caller reading our stderr would otherwise wait for us to exit).
-    Logs go on to syslog, or else to default_log_path(): the line naming a
-    changed member must land somewhere a user can read it."""
-    if not args.log_file:
-        root = logging.getLogger()
-        handler: logging.Handler
-        if os.path.exists("/dev/log"):
-            handler = logging.handlers.SysLogHandler("/dev/log")
-            handler.setFormatter(logging.Formatter(_log_format(args.mountpoint)))
-        else:
-            path = default_log_path(args.mountpoint)
-            try:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                handler = logging.FileHandler(path)
-                handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(args.mountpoint)))
-            except OSError:
-                handler = logging.NullHandler()
-        root.handlers[:] = [handler]
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
 # -- background parent --------------------------------------------------------
 
 
@@ -428,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return unmount_command(args.unmount)
         except UsageError as err:
             _die(str(err))
-    setup_logging(args)
-    readiness = Readiness(args.ready_fd)
+    log_for_mount(PROG, args.mountpoint, args.log_level, args.log_file,
+                  quiet=args.ready_fd is not None or not args.foreground)
+    readiness = Readiness(args.ready_fd, PROG)
     try:
         # Checked before anything starts, so mistakes get one line from the
         # command the user typed (the background child checks again: cheap).

@@ -35,7 +35,7 @@ import stat
 
 from . import format as fmt
 from .errors import IndexCorruptError, SourceChangedError, UsageError
-from .layout import Member, member_index
+from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -151,7 +151,7 @@ class TapeReader:
         """The member holding ``offset`` (which must be before the footer)."""
         starts = self._starts
         if starts and starts[0] <= offset < self._window_end:
-            self._cursor = member_index(starts, offset)
+            self._cursor = locate(starts, offset)
             return self._window[self._cursor]
         self._window = self._index.members_from(offset, _WINDOW)
         self._starts = [m.offset for m in self._window]

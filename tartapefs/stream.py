@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import UsageError
-from .layout import Member
+from .layout import Member, locate
 from .reader import TapeReader
 
 FILE_START = "file_start"
@@ -108,6 +108,7 @@ class _Blocks:
         self._block = b""
         self._start = 0
         self._members: list[Member] = []
+        self._starts: list[int] = []
         self._cursor = 0
 
     def get(self, start: int, stop: int) -> bytes:
@@ -123,15 +124,13 @@ class _Blocks:
         if not 0 <= pos - self._start < len(self._block):
             self._load(pos)
         members, i = self._members, self._cursor
-        if members[i].offset > pos:
-            i = 0
-        while i + 1 < len(members) and members[i + 1].offset <= pos:
-            i += 1
-        self._cursor = i
+        if not members[i].offset <= pos < members[i].end:
+            i = self._cursor = locate(self._starts, pos)
         return members[i]
 
     def _load(self, start: int) -> None:
         self._block = self._reader.read(start, self._size)
         self._start = start
         self._members = self._reader.served
+        self._starts = [m.offset for m in self._members]
         self._cursor = 0

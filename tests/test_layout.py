@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tartapefs import format as fmt
-from tartapefs.layout import Fingerprint, Member, archive_name, member_index
+from tartapefs.layout import Fingerprint, Member, archive_name, locate
 
 BASE = fmt.Header(name=b"data/a", kind=fmt.FILE, size=10, mode=0o644, mtime_ns=1000 * 10**9, linkname=b"",
                   uid=0, gid=0, uname=b"", gname=b"")
@@ -71,7 +71,7 @@ def test_fields_cannot_run_into_each_other():
 
 
 @given(st.lists(st.integers(0, 5000), min_size=1, max_size=50), st.data())
-def test_member_index_agrees_with_a_linear_scan(sizes, data):
+def test_locate_agrees_with_a_linear_scan(sizes, data):
     headers = [BASE._replace(name=b"m%d" % i, size=s) for i, s in enumerate(sizes)]
     offsets = list(itertools.accumulate((fmt.member_size(h) for h in headers[:-1]), initial=0))
     members = [Member(h, o, fmt.header_size(h)) for h, o in zip(headers, offsets)]
@@ -79,7 +79,7 @@ def test_member_index_agrees_with_a_linear_scan(sizes, data):
     assert total == sum(fmt.member_size(h) for h in headers) + 1024
     probe = data.draw(st.integers(0, members[-1].end - 1))
     linear = next(i for i, m in enumerate(members) if m.offset <= probe < m.end)
-    assert member_index(offsets, probe) == linear
+    assert locate(offsets, probe) == linear
     m = members[linear]
     assert m.offset <= m.body_offset <= m.body_end <= m.end
     assert m.body_range == (m.offset + 512, m.offset + 512 + m.size)

@@ -1,0 +1,226 @@
+"""What the programs share: ``tartape`` (cli), ``tartape-mount`` (mount) and its daemon.
+
+Argument parsing that fails in one line, the one place where errors become an
+exit code (:func:`run_main`), logging set-up, the scan progress line, sizes
+such as ``10G`` or ``1GiB``, systemd notification and the readiness pipe of a
+background start, and where logs go. The three adapters import this module and
+never each other (except that the mount entry point starts the daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import TartapeError, UsageError, show_path
+from .tape import state_dir
+
+log = logging.getLogger("tartapefs.mount")
+
+#: The smallest shard or volume size: below it an archive of many parts is a
+#: mistake (a typo for 10G), never a plan.
+MIN_PART_SIZE = 10 << 10
+
+_UNITS = {
+    "": 1,
+    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+}
+_SIZE = re.compile(r"\s*(\d+)\s*([KMGT](?:iB)?)?\s*", re.IGNORECASE)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), not usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+
+
+def parse_size(text: str, option: str) -> int:
+    """Bytes from ``text``: a whole number, optionally followed by K, M, G, T (powers of
+    1000) or KiB, MiB, GiB, TiB (powers of 1024), as ``10G`` or ``512MiB``.
+
+    Raises :class:`UsageError` naming ``option`` when the text is not a size or
+    the size is below :data:`MIN_PART_SIZE` (10 KiB).
+    """
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise UsageError(
+            f"{option} {text!r}: not a size (a whole number of bytes, or with K, M, G, T, "
+            "KiB, MiB, GiB or TiB: 10G, 512MiB)"
+        )
+    size = int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+    if size < MIN_PART_SIZE:
+        raise UsageError(f"{option} {text}: {size} bytes is below the smallest part, 10 KiB")
+    return size
+
+
+def size_argument(option: str) -> Callable[[str], int]:
+    """An argparse ``type=`` that parses sizes and fails in one line."""
+
+    def convert(text: str) -> int:
+        try:
+            return parse_size(text, option)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+
+    convert.__name__ = "size"
+    return convert
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body; turn every expected failure into one line and an exit code."""
+    try:
+        return body()
+    except TartapeError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        where = f"{show_path(err.filename)}: " if err.filename else ""
+        print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def log_to_stderr(prog: str, level: str = "INFO") -> None:
+    """The command-line program's logging: ``prog: LEVEL: message`` lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    root = logging.getLogger("tartapefs")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Progress:
+    """The scan count on one refreshed stderr line while a folder is recorded (a big
+    tree takes a while); silent when stderr is not a terminal. Call it with the
+    count so far; :meth:`done` ends the line."""
+
+    def __init__(self, what: str) -> None:
+        self.count = 0
+        self._what = what
+        self._shown = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        self.count = count
+        now = time.monotonic()
+        if self._tty and now - self._shown > 0.2:  # throttled: millions of entries
+            self._shown = now
+            print(f"\r{self._what}: {count} entries\033[K", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._tty and self._shown:
+            print(f"\r{self._what}: {self.count} entries\033[K", file=sys.stderr, flush=True)
+            self._shown = 0.0
+
+
+# -- the mounted process: logging, readiness, systemd ---------------------------------
+
+
+def _log_format(prog: str, mnt: str) -> str:
+    # Several mounts may log to one place: every line names its mount point.
+    return f"{prog} {mnt}: %(levelname)s %(message)s"
+
+
+def log_for_mount(prog: str, mnt: str, level: str, log_file: str | None, quiet: bool) -> None:
+    """Log to ``log_file``, else to stderr (WARNING and up only when ``quiet``: a
+    background start stays as quiet as sshfs unless something is wrong)."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(prog, mnt)))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_log_format(prog, mnt)))
+        if quiet:
+            handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def default_log_path(mnt: str) -> str:
+    """Where a background daemon logs with neither --log-file nor syslog:
+    ``$XDG_STATE_HOME/tartapefs/log/<mount point, / as _>.log``."""
+    return os.path.join(state_dir(), "log", (mnt.strip("/").replace("/", "_") or "root") + ".log")
+
+
+def detach_stdio(prog: str, mnt: str, log_file: str | None) -> None:
+    """Background child, once ready: stop using the caller's terminal (or pipe: a
+    caller reading our stderr would otherwise wait for us to exit). Logs go on to
+    syslog, or else to default_log_path(): the line naming a changed member must
+    land somewhere a user can read it."""
+    if not log_file:
+        root = logging.getLogger()
+        handler: logging.Handler
+        if os.path.exists("/dev/log"):
+            handler = logging.handlers.SysLogHandler("/dev/log")
+            handler.setFormatter(logging.Formatter(_log_format(prog, mnt)))
+        else:
+            path = default_log_path(mnt)
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                handler = logging.FileHandler(path)
+                handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(prog, mnt)))
+            except OSError:
+                handler = logging.NullHandler()
+        root.handlers[:] = [handler]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def sd_notify(state: str) -> None:
+    """Send ``state`` (e.g. "READY=1") to systemd if it is listening.
+    Never fails: a service manager that cannot be told is not our error."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as err:
+        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], err)
+
+
+@dataclass
+class Readiness:
+    """Tells whoever waits for the mount (background parent, systemd) that it
+    is usable, or why it never will be."""
+
+    ready_fd: int | None
+    prog: str = "tartape-mount"
+
+    def ready(self, status: str) -> None:
+        sd_notify(f"READY=1\nSTATUS={status}")
+        self._send(b"ready\n")
+
+    def failed(self, message: str) -> None:
+        if self.ready_fd is None:
+            print(f"{self.prog}: {message}", file=sys.stderr)
+        self._send(f"error {message}\n".encode(errors="backslashreplace"))
+
+    def _send(self, line: bytes) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, line)
+            os.close(self.ready_fd)
+        except OSError:
+            pass  # the parent is gone; nobody to tell
+        self.ready_fd = None

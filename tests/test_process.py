@@ -1,0 +1,31 @@
+"""Pure tier: what the programs share — sizes as users write them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tartapefs.errors import UsageError
+from tartapefs.process import MIN_PART_SIZE, parse_size
+
+
+@pytest.mark.parametrize("text,size", [
+    ("10240", 10240), ("11K", 11_000), ("1M", 10**6), ("2G", 2 * 10**9),
+    ("1T", 10**12), ("10KiB", 10240), ("1MiB", 1 << 20), ("3GiB", 3 << 30), ("1TiB", 1 << 40),
+    ("1g", 10**9), ("1gib", 1 << 30), (" 5 MiB ", 5 << 20),
+])
+def test_sizes_take_decimal_and_binary_suffixes(text, size):
+    assert parse_size(text, "--shard-size") == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "1.5G", "-1G", "10 KB", "1e9", "1Gi", "ten", "0x100"])
+def test_an_unparsable_size_is_one_line_naming_the_option(text):
+    with pytest.raises(UsageError, match=r"^--split .*not a size") as err:
+        parse_size(text, "--split")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["10239", "10K", "0", "1KiB"])
+def test_a_size_below_10_kib_is_refused(text):
+    with pytest.raises(UsageError, match="below the smallest part, 10 KiB"):
+        parse_size(text, "--shard-size")
+    assert parse_size("10KiB", "--shard-size") == MIN_PART_SIZE
