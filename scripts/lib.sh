@@ -10,8 +10,9 @@ TT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # What the project needs from Debian: FUSE 3 and its headers (pyfuse3 is built from source
 # against them), and the real readers the mount tests and the demo drive: GNU tar, bsdtar,
 # rsync, rclone, nginx (serving the mount over HTTP; the tests start their own on loopback),
-# and systemd-analyze to check the unit file.
-TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd)
+# systemd-analyze to check the unit file, and age (the stock age and age-keygen, which must decrypt
+# what the encrypting reader writes).
+TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd age)
 
 # Minimum Python for the virtualenv (pyproject.toml says requires-python >= 3.11).
 TT_PYTHON_MIN=(3 11)
@@ -67,7 +68,7 @@ tt_find_python() {
     tt_die "no python3 >= ${TT_PYTHON_MIN[0]}.${TT_PYTHON_MIN[1]} found on PATH"
 }
 
-# Creates REPO/.venv and installs the project editable with its fuse and test extras.
+# Creates REPO/.venv and installs the project editable with its fuse, age and test extras.
 # The install is redone only when pyproject.toml changes, or the package gains or loses its
 # __init__.py (setuptools' editable finder records a package without one as a namespace, and
 # the import then fails); source changes otherwise need no reinstall.
@@ -84,6 +85,6 @@ tt_venv_setup() {
         tt_quiet "$python" -m venv "$venv"
     fi
     tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$TT_REPO[fuse,test]"
+    tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$TT_REPO[fuse,age,test]"
     echo "$want" >"$stamp"
 }
