@@ -1,0 +1,337 @@
+"""Encrypted archives: any byte source served as an age v1 file, with exact size and random access.
+
+Theory of operation:
+
+* A recording that is served encrypted gets one :class:`EncryptionState`, created once with
+  fresh randomness: a 16-byte file key, a 16-byte payload nonce, and the header that wraps the
+  file key for each recipient (X25519, an ephemeral key per stanza, then forgotten). The state
+  is kept with the recording as plain strings (:meth:`EncryptionState.to_meta`), so every
+  later read, resume and remount gives the same bytes. It never holds a secret key of a user:
+  only the file key, which is exactly what every reader of the archive can derive.
+* :class:`EncryptedReader` wraps anything with ``read(offset, size)`` and ``total_size`` (a
+  :class:`~tartapefs.TapeReader`, an in-memory tape, a slice of one). A read computes only the
+  chunks its range touches: one plaintext read for them all from the wrapped reader, then one
+  ChaCha20-Poly1305 seal per 64 KiB chunk. Chunks a read used only in part are kept (at most
+  ``cache_chunks``, 8 by default: about 512 KiB), since the next sequential read starts in
+  the same chunk; nothing else is kept.
+* Errors of the wrapped reader pass through unchanged: a changed source file fails the
+  encrypted read exactly as it fails the plain one.
+
+Crypto comes from the ``cryptography`` package (the ``[age]`` extra), imported when first
+needed: without it, creating a state or a reader raises :class:`AgeUnavailableError`. The
+framing (header, chunk math, recipients) is :mod:`tartapefs.age`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from . import age
+from .age import CHUNK, FILE_KEY, NONCE, TAG, Recipient, RecipientError, Stanza
+from .errors import IndexCorruptError, UsageError
+
+META_PREFIX = "age_"  # every key :meth:`EncryptionState.to_meta` writes starts with this
+_X25519_INFO = b"age-encryption.org/v1/X25519"
+_SEALED = CHUNK + TAG
+
+
+class AgeUnavailableError(UsageError):
+    """Encryption was asked for, but the ``cryptography`` package (the ``[age]`` extra) is
+    not installed."""
+
+
+class ShortReadError(UsageError):
+    """The wrapped byte source returned fewer bytes than asked for inside its size."""
+
+
+_crypto_cache: SimpleNamespace | None = None
+
+
+def require_crypto() -> SimpleNamespace:
+    """The ``cryptography`` classes this module uses; :class:`AgeUnavailableError` (one line,
+    with the install command) when the package is missing. Adapters call it up front so a
+    missing extra is reported before any work."""
+    global _crypto_cache
+    if _crypto_cache is None:
+        try:
+            from cryptography.hazmat.primitives import hashes, hmac
+            from cryptography.hazmat.primitives.asymmetric.x25519 import (X25519PrivateKey,
+                                                                          X25519PublicKey)
+            from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        except ImportError as err:
+            raise AgeUnavailableError(
+                "encryption needs the cryptography package: pip install 'tartapefs[age]' "
+                f"({err})") from None
+        _crypto_cache = SimpleNamespace(
+            hashes=hashes, hmac=hmac, X25519PrivateKey=X25519PrivateKey,
+            X25519PublicKey=X25519PublicKey, ChaCha20Poly1305=ChaCha20Poly1305, HKDF=HKDF)
+    return _crypto_cache
+
+
+def _hkdf(ikm: bytes, salt: bytes | None, info: bytes) -> bytes:
+    c = require_crypto()
+    return c.HKDF(algorithm=c.hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+def header_mac(file_key: bytes, stanzas) -> bytes:
+    """HMAC-SHA-256 of the header up to ``---``, keyed with HKDF(file key, info "header")."""
+    c = require_crypto()
+    mac = c.hmac.HMAC(_hkdf(file_key, None, b"header"), c.hashes.SHA256())
+    mac.update(age.mac_input(stanzas))
+    return mac.finalize()
+
+
+def payload_key(file_key: bytes, nonce: bytes) -> bytes:
+    """The 32-byte ChaCha20-Poly1305 key of the payload: HKDF(file key, salt nonce, "payload")."""
+    return _hkdf(file_key, nonce, b"payload")
+
+
+def x25519_stanza(file_key: bytes, recipient: Recipient) -> Stanza:
+    """The file key wrapped for ``recipient`` under a fresh ephemeral X25519 key (never kept)."""
+    c = require_crypto()
+    ephemeral = c.X25519PrivateKey.generate()
+    share = ephemeral.public_key().public_bytes_raw()
+    try:
+        shared = ephemeral.exchange(c.X25519PublicKey.from_public_bytes(recipient.public_key))
+    except ValueError:  # a low-order point: the shared secret would be all zeros
+        raise RecipientError(f"{recipient}: not a usable X25519 public key") from None
+    wrap_key = _hkdf(shared, share + recipient.public_key, _X25519_INFO)
+    body = c.ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None)
+    return Stanza((age.X25519_STANZA, age.b64(share)), body)
+
+
+@dataclass(frozen=True)
+class EncryptionState:
+    """What decides an encrypted archive's bytes, beyond its plaintext: made once per recording.
+
+    ``header`` is the whole age header (its stanzas wrap ``file_key`` for each recipient, its
+    MAC is keyed from it); ``payload_nonce`` starts the payload. The same state gives the same
+    bytes on every read. ``file_key`` is left out of ``repr`` so it does not reach a log.
+    """
+
+    recipients: tuple[Recipient, ...]
+    file_key: bytes = field(repr=False)
+    payload_nonce: bytes
+    header: bytes
+
+    @classmethod
+    def create(cls, recipients) -> EncryptionState:
+        """A new state for ``recipients`` (a non-empty list of :class:`Recipient`): fresh file
+        key, nonce and ephemeral keys from ``os.urandom``. Raises :class:`RecipientError` for no
+        recipients, :class:`AgeUnavailableError` without the ``[age]`` extra."""
+        recipients = tuple(age.unique(recipients))
+        if not recipients:
+            raise RecipientError("encryption needs at least one recipient")
+        require_crypto()
+        file_key, nonce = os.urandom(FILE_KEY), os.urandom(NONCE)
+        stanzas = [x25519_stanza(file_key, r) for r in recipients]
+        header = age.encode_header(stanzas, header_mac(file_key, stanzas))
+        return cls(recipients, file_key, nonce, header)
+
+    @property
+    def header_size(self) -> int:
+        return len(self.header)
+
+    def encrypted_size(self, plaintext_size: int) -> int:
+        """Exact size in bytes of the age file of ``plaintext_size`` bytes under this state."""
+        return age.encrypted_size(plaintext_size, len(self.header))
+
+    def to_meta(self) -> dict[str, str]:
+        """Plain strings for the recording's meta table (keys start with ``age_``)."""
+        return {
+            "age_recipients": "\n".join(str(r) for r in self.recipients),
+            "age_file_key": self.file_key.hex(),
+            "age_payload_nonce": self.payload_nonce.hex(),
+            "age_header": self.header.decode("ascii"),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict, where: str = "index") -> EncryptionState:
+        """The state :meth:`to_meta` wrote, checked: key and nonce sizes, a strict v1 header of
+        one X25519 stanza per recipient, and its MAC under the file key. Anything else raises
+        :class:`IndexCorruptError` naming ``where`` (a damaged state must never yield bytes
+        no reader can decrypt)."""
+        def bad(why: str) -> IndexCorruptError:
+            return IndexCorruptError(f"{where}: damaged encryption state: {why}")
+
+        try:
+            values = {k: meta[META_PREFIX + k] for k in
+                      ("recipients", "file_key", "payload_nonce", "header")}
+        except KeyError as err:
+            raise bad(f"no {err.args[0]}") from None
+        if not all(isinstance(v, str) for v in values.values()):
+            raise bad("a value is not text")
+        try:
+            file_key = bytes.fromhex(values["file_key"])
+            nonce = bytes.fromhex(values["payload_nonce"])
+            header = values["header"].encode("ascii")
+        except (ValueError, UnicodeEncodeError):
+            raise bad("not hex or ASCII") from None
+        if len(file_key) != FILE_KEY or len(nonce) != NONCE:
+            raise bad("file key or nonce of the wrong size")
+        try:
+            recipients = tuple(age.parse_recipient(r) for r in values["recipients"].split("\n"))
+            stanzas, mac, size = age.parse_header(header)
+        except (RecipientError, age.AgeFormatError) as err:
+            raise bad(str(err)) from None
+        if size != len(header) or age.encode_header(stanzas, mac) != header:
+            raise bad("the header is not in canonical form")
+        if len(stanzas) != len(recipients) or any(
+                s.args[0] != age.X25519_STANZA or len(s.args) != 2 or len(s.body) != 32
+                for s in stanzas):
+            raise bad("the header does not hold one X25519 stanza per recipient")
+        if header_mac(file_key, stanzas) != mac:
+            raise bad("the header MAC does not match the file key")
+        return cls(recipients, file_key, nonce, header)
+
+
+class EncryptedReader:
+    """Random access to the age encryption of a byte source. Not thread-safe: one per thread.
+
+    ``plain`` is any object with ``read(offset, size) -> bytes`` (exactly those bytes, or an
+    error) and ``total_size``; ``state`` an :class:`EncryptionState`. ``total_size`` is the
+    encrypted size. ``close()`` closes ``plain`` too, if it has a ``close``.
+    """
+
+    def __init__(self, plain, state: EncryptionState, cache_chunks: int = 8) -> None:
+        c = require_crypto()
+        self.plain = plain
+        self.state = state
+        self.plaintext_size: int = plain.total_size
+        self.total_size: int = state.encrypted_size(self.plaintext_size)
+        self._header_size = len(state.header)
+        self._prefix = state.header + state.payload_nonce  # the bytes before chunk 0
+        self._chunks = age.chunk_count(self.plaintext_size)
+        aead = c.ChaCha20Poly1305(payload_key(state.file_key, state.payload_nonce))
+        self._encrypt = aead.encrypt
+        # Sealing straight into the output buffer saves a copy a chunk (cryptography >= 45).
+        self._encrypt_into = getattr(aead, "encrypt_into", None)
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_chunks = max(0, cache_chunks)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``min(size, total_size - offset)`` bytes of the age file from ``offset``
+        (b"" at or past the end). Raises what the wrapped reader raises, :class:`UsageError`
+        for a negative offset or size, :class:`ShortReadError` if the wrapped reader returns
+        fewer bytes than it holds."""
+        if offset < 0 or size < 0:
+            raise UsageError(f"read: negative offset or size ({offset}, {size})")
+        end = min(offset + size, self.total_size)
+        if offset >= end:
+            return b""
+        head = b""
+        if offset < len(self._prefix):
+            head = self._prefix[offset:end]
+        chunks = age.chunks_covering(offset, end - offset, self.plaintext_size, self._header_size)
+        if not chunks:
+            return head
+        base = age.chunk_offset(chunks.start, self._header_size)
+        lo, hi = max(offset, base) - base, end - base
+        body = memoryview(self._sealed(chunks, lo, hi))[lo:hi]
+        return head + body if head else bytes(body)
+
+    def _sealed(self, chunks: range, lo: int, hi: int) -> bytearray | bytes:
+        """The sealed bytes of ``chunks``, one after the other; ``lo`` and ``hi`` are the part
+        of them the read uses (to know which chunks it uses only in part)."""
+        first, last = chunks.start, chunks.stop - 1
+        cache = self._cache
+        if first == last and first in cache:
+            cache.move_to_end(first)
+            return cache[first]
+        sizes = [self._sealed_size(i) for i in chunks]
+        out = bytearray(sum(sizes))
+        todo_first, todo_last = first, last
+        if first in cache:
+            out[:sizes[0]] = cache[first]
+            cache.move_to_end(first)
+            todo_first += 1
+        if last != first and last in cache:
+            out[len(out) - sizes[-1]:] = cache[last]
+            cache.move_to_end(last)
+            todo_last -= 1
+        if todo_first <= todo_last:
+            self._seal_into(out, sum(sizes[:todo_first - first]), todo_first, todo_last)
+        # Keep what this read used only in part: the next read in order starts there.
+        view = memoryview(out)
+        if lo > 0 or hi < sizes[0]:
+            self._remember(first, bytes(view[:sizes[0]]))
+        if last != first and hi < len(out):
+            self._remember(last, bytes(view[len(out) - sizes[-1]:]))
+        return out
+
+    def _sealed_size(self, index: int) -> int:
+        start, end = age.chunk_plaintext(index, self.plaintext_size)
+        return end - start + TAG
+
+    def _seal_into(self, out: bytearray, pos: int, first: int, last: int) -> None:
+        """Seals chunks first..last into ``out`` from ``pos``, from one plaintext read."""
+        start = first * CHUNK
+        stop = age.chunk_plaintext(last, self.plaintext_size)[1]
+        plain = self.plain.read(start, stop - start)
+        if len(plain) != stop - start:
+            raise ShortReadError(f"the byte source returned {len(plain)} of {stop - start} bytes "
+                                 f"at offset {start} (size {self.plaintext_size})")
+        view, dest = memoryview(plain), memoryview(out)
+        final = self._chunks - 1
+        for index in range(first, last + 1):
+            a = (index - first) * CHUNK
+            b = min(a + CHUNK, len(plain))
+            nonce = age.chunk_nonce(index, index == final)
+            if self._encrypt_into is not None:
+                self._encrypt_into(nonce, view[a:b], None, dest[pos:pos + b - a + TAG])
+            else:
+                dest[pos:pos + b - a + TAG] = self._encrypt(nonce, view[a:b], None)
+            pos += b - a + TAG
+
+    def _remember(self, index: int, sealed: bytes) -> None:
+        if not self._cache_chunks:
+            return
+        self._cache[index] = sealed
+        self._cache.move_to_end(index)
+        while len(self._cache) > self._cache_chunks:
+            self._cache.popitem(last=False)
+
+    def close(self) -> None:
+        self._cache.clear()
+        close = getattr(self.plain, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> EncryptedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_recipients_file(path: str) -> list[Recipient]:
+    """The recipients in the file at ``path`` (``age -R`` format, see
+    :func:`tartapefs.age.parse_recipients`); at most 16 MiB is read. Raises
+    :class:`RecipientError` naming the file: unreadable, too big, not UTF-8, a bad line, empty."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(age.RECIPIENTS_FILE_LIMIT + 1)
+    except OSError as err:
+        raise RecipientError(f"{path}: cannot read the recipients file ({err.strerror})") from None
+    if len(data) > age.RECIPIENTS_FILE_LIMIT:
+        raise RecipientError(f"{path}: recipients file larger than 16 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipientError(f"{path}: recipients file is not UTF-8 text") from None
+    return age.parse_recipients(text, path)
+
+
+def load_recipients(recipients=(), files=()) -> list[Recipient]:
+    """Recipients from ``age1…`` strings and recipients files together, in order, without
+    repeats; :class:`RecipientError` for a bad one or none at all."""
+    found = [age.parse_recipient(r) for r in recipients]
+    for path in files:
+        found += read_recipients_file(path)
+    if not found:
+        raise RecipientError("encryption needs at least one recipient")
+    return age.unique(found)
