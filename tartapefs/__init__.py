@@ -6,6 +6,12 @@ source files, so its size and every offset are known before a byte is read.
 
 __version__ = "0.1.0"
 
+from .age import Recipient as Recipient  # noqa: E402
+from .age import RecipientError as RecipientError  # noqa: E402
+from .encrypt import AgeUnavailableError as AgeUnavailableError  # noqa: E402
+from .encrypt import EncryptedReader as EncryptedReader  # noqa: E402
+from .encrypt import EncryptionState as EncryptionState  # noqa: E402
+from .encrypt import load_recipients as load_recipients  # noqa: E402
 from .errors import SourceChangedError as SourceChangedError  # noqa: E402
 from .errors import TartapeError as TartapeError  # noqa: E402
 from .reader import TapeReader as TapeReader  # noqa: E402
@@ -13,4 +19,6 @@ from .stream import TapePlayer as TapePlayer  # noqa: E402
 from .tape import Tape as Tape  # noqa: E402
 from .tape import TapeRecorder as TapeRecorder  # noqa: E402
 
-__all__ = ["SourceChangedError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "__version__"]
+__all__ = ["AgeUnavailableError", "EncryptedReader", "EncryptionState", "Recipient", "RecipientError",
+           "SourceChangedError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError",
+           "__version__", "load_recipients"]
