@@ -225,16 +225,18 @@ class Mounted:
 
 
 @contextlib.contextmanager
-def tape_mount(src: Path, index: Path, mnt: Path, direct_io: bool = False) -> Iterator[Mounted]:
+def tape_mount(src: Path, index: Path, mnt: Path, direct_io: bool = False,
+               options: tuple[str, ...] = (), name: str = "dataset.tar") -> Iterator[Mounted]:
+    """`tartape-mount` with `options` added; `name` is the file it serves."""
     mnt.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     run([str(MOUNT_CMD), str(src), str(mnt), "--index", str(index),
-         *(["--direct-io"] if direct_io else [])])
+         *(["--direct-io"] if direct_io else []), *options])
     seconds = time.perf_counter() - t0
     pid = None
     try:
         pid = daemon_pid(mnt)
-        yield Mounted(mnt / "dataset.tar", pid, seconds)
+        yield Mounted(mnt / name, pid, seconds)
     finally:
         unmount(mnt)
         wait_gone(pid)
