@@ -1,7 +1,13 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the test tiers.
 
-Sections: core (real trees recorded without FUSE) first; mount fixtures, if any,
-live in their own section below it.
+Every test belongs to exactly one tier, by a marker on it or on its module
+(registered in pyproject.toml): ``pure`` (no files at all), ``index`` (real
+temporary trees and indexes, no FUSE) or ``mount`` (real mounts: skipped where
+this machine cannot mount). ``slow`` marks the long ones on top of their tier.
+``scripts/test -m pure`` runs the pure tier alone; the default run runs all.
+
+Sections: the tiers, core fixtures (real trees recorded without FUSE), then
+mount fixtures.
 """
 
 from __future__ import annotations
@@ -13,17 +19,64 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import Mounts
-from trees import HardTree, archive_of, build_hard_tree, build_small_tree, record
+from mountutil import CAN_MOUNT, Mounts
+from trees import HardTree, archive_of, build_hard_tree, build_small_tree, record, scratch_dir
+
+
+# === tiers ==================================================================================
+
+TIERS = ("pure", "index", "mount")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without exactly one tier; skip mount tests where nothing can mount."""
+    no_mount = pytest.mark.skip(reason="real mounts need root, /dev/fuse and fusermount3")
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if len(tiers) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: needs exactly one tier marker of {', '.join(TIERS)}, has {tiers or 'none'}"
+            )
+        if tiers == ["mount"] and not CAN_MOUNT:
+            item.add_marker(no_mount)
+
+
+# What a passing run may leave in pytest's temporary folder: the session's small trees. Big
+# trees go when their test (tmp_path_retention_policy) or their module (scratch_dir) ends.
+LEFT_BEHIND_MAX = 64 << 20  # bytes
+
+
+def disk_usage(top: Path) -> int:
+    """Bytes allocated below ``top`` (sparse files count what they really hold)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_folder_stays_small(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A passing run must not leave gigabytes behind (pytest keeps the last three runs)."""
+    yield
+    if request.session.testsfailed:
+        return  # failed tests keep their folders on purpose
+    base = tmp_path_factory.getbasetemp()
+    left = disk_usage(base)
+    assert left <= LEFT_BEHIND_MAX, f"{left >> 20} MiB left in {base} after a passing run"
 
 
 # === core fixtures: recorded trees, no FUSE ================================================
 
 
 @pytest.fixture(scope="session")
-def hard_tree(tmp_path_factory: pytest.TempPathFactory) -> HardTree:
+def hard_tree(tmp_path_factory: pytest.TempPathFactory):
     """The hard tree (see tests/trees.py), built once; tests must not change it."""
-    return build_hard_tree(tmp_path_factory.mktemp("hard"))
+    with scratch_dir(tmp_path_factory, "hard") as base:
+        yield build_hard_tree(base)
 
 
 @pytest.fixture(scope="session")

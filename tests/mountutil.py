@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 NAME = "dataset.tar"
-# Marks a test (or, as pytestmark, a module) that makes real mounts.
-NEEDS_MOUNT = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0),
-    reason="real mounts need root, /dev/fuse and fusermount3",
-)
+# Whether this machine can make real mounts (root, /dev/fuse, fusermount3).
+CAN_MOUNT = bool(os.path.exists("/dev/fuse") and shutil.which("fusermount3") and os.geteuid() == 0)
+# Marks a test (or, as pytestmark, a module) that makes real mounts: its tier is `mount`, and
+# tests/conftest.py skips it where CAN_MOUNT is false. Only tests that mount carry it.
+NEEDS_MOUNT = pytest.mark.mount
 NOBODY = 65534  # uid and gid of an unprivileged user
 # Generous: a loaded CI machine may be slow to mount; this is a deadline, not a timing check.
 DEADLINE_S = 60.0

@@ -23,6 +23,8 @@ from tartapefs.age import (CHUNK, TAG, AgeFormatError, Recipient, RecipientError
                            header_size, parse_header, parse_recipient, parse_recipients)
 from tartapefs.encrypt import EncryptedReader, EncryptionState, header_mac
 
+pytestmark = pytest.mark.index
+
 # -- Bech32 ---------------------------------------------------------------------------------
 
 BIP173_VALID = [

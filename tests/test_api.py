@@ -21,6 +21,8 @@ from tartapefs.tape import open_or_record
 from trees import (PRE_1970, archive_of, build_deep_tree, build_hard_tree, expected_names, record,
                    snapshot)
 
+pytestmark = pytest.mark.index
+
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 

@@ -18,6 +18,8 @@ from mountutil import run_as_nobody
 from tartapefs import Tape
 from trees import archive_of, content
 
+pytestmark = pytest.mark.index
+
 TARTAPE = Path(sys.executable).parent / "tartape"
 UTF8 = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
 

@@ -27,6 +27,8 @@ from tartapefs.encrypt import (AgeUnavailableError, EncryptedReader, EncryptionS
 from tartapefs.errors import IndexCorruptError, UsageError
 from trees import build_sparse_tree, build_small_tree, content, record, tree_differences
 
+pytestmark = pytest.mark.index
+
 MiB = 1 << 20
 
 

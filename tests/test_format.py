@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from tartapefs import format as fmt
 
+pytestmark = pytest.mark.pure
+
 NAME_BYTES = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\0", b"x").replace(b"/", b"_"))
 
 

@@ -16,6 +16,8 @@ trio = pytest.importorskip("trio")
 from tartapefs.errors import SourceChangedError  # noqa: E402
 from tartapefs.fusefs import ROOT_INODE, TapeFS, stable_inode  # noqa: E402
 
+pytestmark = pytest.mark.pure
+
 
 class FakeTape:
     """The attributes TapeFS uses, and the bytes as its own reader."""

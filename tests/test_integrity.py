@@ -12,6 +12,8 @@ from tartapefs import TapePlayer, TapeReader
 from tartapefs.errors import SourceChangedError
 from trees import archive_of, record
 
+pytestmark = pytest.mark.index
+
 
 @pytest.fixture
 def recorded(small_tree: Path, tmp_path: Path):

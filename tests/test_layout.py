@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from tartapefs import format as fmt
 from tartapefs.layout import Fingerprint, Member, archive_name, locate
 
+pytestmark = pytest.mark.pure
+
 BASE = fmt.Header(name=b"data/a", kind=fmt.FILE, size=10, mode=0o644, mtime_ns=1000 * 10**9, linkname=b"",
                   uid=0, gid=0, uname=b"", gname=b"")
 

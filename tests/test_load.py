@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from mountutil import NEEDS_MOUNT
-from trees import record
+from trees import record, scratch_dir
 
-pytestmark = NEEDS_MOUNT
+pytestmark = [NEEDS_MOUNT, pytest.mark.slow]
 
 MEMBERS = 100_000  # files; the tape also holds their 100 folders
 PER_DIR = 1000
@@ -46,18 +46,18 @@ def build_many(root: Path) -> None:
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory):
     """The 100k-member tree, recorded, and its archive on disk as the reference."""
-    base = tmp_path_factory.mktemp("load")
-    src = base / "many"
-    build_many(src)
-    tape = record(src)
-    from tartapefs import TapeReader
+    with scratch_dir(tmp_path_factory, "load") as base:
+        src = base / "many"
+        build_many(src)
+        tape = record(src)
+        from tartapefs import TapeReader
 
-    reference = base / "reference.tar"
-    with TapeReader(tape) as reader, open(reference, "wb") as out:
-        for offset in range(0, tape.total_size, 1 << 20):
-            out.write(reader.read(offset, 1 << 20))
-    assert tape.member_count == MEMBERS + MEMBERS // PER_DIR + 1
-    return src, reference, tape.total_size
+        reference = base / "reference.tar"
+        with TapeReader(tape) as reader, open(reference, "wb") as out:
+            for offset in range(0, tape.total_size, 1 << 20):
+                out.write(reader.read(offset, 1 << 20))
+        assert tape.member_count == MEMBERS + MEMBERS // PER_DIR + 1
+        yield src, reference, tape.total_size
 
 
 def daemon_sample(pid: int) -> tuple[int, int]:

@@ -22,6 +22,8 @@ from tartapefs.layout import Member, archive_name
 from tartapefs.plan import (PlanOptions, plan, sample_key, sample_order, tape_name, volume_name,
                             volume_ranges, wids_index, wids_key)
 
+pytestmark = pytest.mark.pure
+
 MTIME = 1_700_000_000 * 10**9
 
 

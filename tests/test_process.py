@@ -7,6 +7,8 @@ import pytest
 from tartapefs.errors import UsageError
 from tartapefs.process import MIN_PART_SIZE, parse_size
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize("text,size", [
     ("10240", 10240), ("11K", 11_000), ("1M", 10**6), ("2G", 2 * 10**9),

@@ -21,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tartapefs import TapeReader
-from trees import (SPARSE_SIZE, build_sparse_tree, expected_names, record, snapshot,
+from trees import (SPARSE_SIZE, build_sparse_tree, expected_names, record, scratch_dir, snapshot,
                    tree_differences)
+
+pytestmark = pytest.mark.index
 
 C_LOCALE = {**os.environ, "LC_ALL": "C"}
 # GNU tar 1.34 does not know the PAX keyword hdrcharset (then uses the raw bytes, as wanted).
@@ -62,9 +64,10 @@ def tarfile_name(member: tarfile.TarInfo) -> bytes:
 
 @pytest.fixture(scope="module")
 def archive_file(hard_archive: bytes, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("archive") / "hard.tar"
-    path.write_bytes(hard_archive)
-    return path
+    with scratch_dir(tmp_path_factory, "archive") as base:
+        path = base / "hard.tar"
+        path.write_bytes(hard_archive)
+        yield path
 
 
 # --- Python tarfile ----------------------------------------------------------------------
@@ -263,10 +266,11 @@ class TapeFile(io.RawIOBase):
 
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory):
-    root, small = build_sparse_tree(tmp_path_factory.mktemp("sparse"))
-    tape = record(root)
-    with TapeReader(tape) as reader:
-        yield tape, reader, small
+    with scratch_dir(tmp_path_factory, "sparse") as base:
+        root, small = build_sparse_tree(base)
+        tape = record(root)
+        with TapeReader(tape) as reader:
+            yield tape, reader, small
 
 
 def test_tarfile_lists_the_8gib_member_and_reads_its_far_end(sparse):

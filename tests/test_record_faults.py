@@ -19,6 +19,8 @@ import pytest
 from tartapefs import Tape, TapeReader, TapeRecorder
 from tartapefs.errors import IndexCorruptError, IndexVersionError, TartapeError
 
+pytestmark = pytest.mark.index
+
 NOBODY = 65534
 TARTAPE = [sys.executable, "-m", "tartapefs.cli"]
 

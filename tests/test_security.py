@@ -116,6 +116,7 @@ def unsafe_names(archive: bytes) -> list[str]:
     return bad
 
 
+@pytest.mark.index
 def test_no_member_name_of_the_hard_tree_is_absolute_or_climbs(hard_tape, hard_archive):
     assert unsafe_names(hard_archive) == []
     for m in hard_tape.members():
@@ -130,6 +131,7 @@ odd_component = st.one_of(
 ).map(lambda raw: raw.replace(b"/", b"_").replace(b"\0", b"_")).filter(lambda raw: raw not in (b".", b".."))
 
 
+@pytest.mark.index
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(paths=st.lists(st.lists(odd_component, min_size=1, max_size=3), min_size=1, max_size=6),
        prefix=st.sampled_from([None, "", "data", "a/b"]))

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,17 @@ AFTER_2242 = 9_000_000_000         # 2255, > 8**11 - 1 seconds
 BASE_MTIME_NS = 1_600_000_000_123_456_789
 
 DEEP_COMPONENT = 200               # bytes per directory name in the deep chain
+
+
+@contextmanager
+def scratch_dir(factory, name: str) -> Iterator[Path]:
+    """A folder from pytest's ``tmp_path_factory`` for a module- or session-scoped fixture,
+    removed when the fixture ends (pytest would keep it, and its last three runs)."""
+    path = factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def content(rel: bytes, size: int) -> bytes:
