@@ -55,6 +55,24 @@ class SourceChangedError(TartapeError):
         self.reason = reason
 
 
+class StreamSizeError(SourceChangedError):
+    """An in-memory tape's entry gave more or fewer bytes than its declared size.
+
+    ``member`` and ``reason`` as for :class:`SourceChangedError`, whose handlers
+    treat it the same way: the read fails, no byte is padded or cut.
+    """
+
+    def __init__(self, member: str, reason: str) -> None:
+        TartapeError.__init__(self, f"{member}: {reason}")
+        self.member = member
+        self.reason = reason
+
+
+class ArchiveError(TartapeError):
+    """An archive being read (``tartape extract``) is damaged, truncated, or
+    disagrees with its own index; or its server cannot serve byte ranges."""
+
+
 def show_path(path: bytes | str) -> str:
     """A path for messages: str as is, bytes decoded with undecodable bytes escaped."""
     if isinstance(path, str):
