@@ -10,6 +10,7 @@ from byte ``k`` — also when ``k`` falls inside the footer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -45,7 +46,10 @@ class TapeEvent(NamedTuple):
 
 
 class TapePlayer:
-    """Plays a tape as events. ``source_root`` defaults to the recorded folder."""
+    """Plays a tape as events. ``tape`` is a recorded Tape (read through a TapeReader over
+    ``source_root``, default the recorded folder) or any byte source with TapeReader's
+    protocol — ``read(offset, size)``, ``total_size``, ``served`` — played as it is and
+    not closed (a MemoryTape)."""
 
     def __init__(self, tape, source_root: str | None = None) -> None:
         self.tape = tape
@@ -63,7 +67,7 @@ class TapePlayer:
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, not {chunk_size}")
         footer = total - len(fmt.FOOTER)
-        with TapeReader(self.tape, self.source_root) as reader:
+        with self._reader() as reader:
             blocks = _Blocks(reader, chunk_size)
             pos = start_offset
             while pos < footer:
@@ -72,6 +76,11 @@ class TapePlayer:
                 pos = member.end
             yield TapeEvent(FILE_DATA, data=bytes(total - max(start_offset, footer)))
             yield TapeEvent(TAPE_COMPLETED)
+
+    def _reader(self):
+        if hasattr(self.tape, "read"):
+            return contextlib.nullcontext(self.tape)
+        return TapeReader(self.tape, self.source_root)
 
     def _member(self, blocks: _Blocks, m: Member, pos: int, chunk_size: int) -> Iterator[TapeEvent]:
         resumed = pos > m.offset
