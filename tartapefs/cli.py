@@ -13,7 +13,7 @@ import stat
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from . import __version__, extract
 from .errors import UsageError, show_path
 from .process import OneLineParser, Progress, log_to_stderr, run_main
 from .reader import TapeReader, tune_malloc
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("member", metavar="MEMBER", help="member name as in the archive")
     command("verify", _verify, "list members whose source changed since recording (exit 1 if any)")
     command("info", _info, "size, members, fingerprint and index of the tape")
+
+    help = "members out of an archive (a file or an http(s) URL), found through its index"
+    p = sub.add_parser("extract", help=help, description=help)
+    extract.add_arguments(p)
+    p.set_defaults(run=lambda args: extract.run(args, _quote))
     return parser
 
 
