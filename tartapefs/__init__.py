@@ -12,13 +12,19 @@ from .encrypt import AgeUnavailableError as AgeUnavailableError  # noqa: E402
 from .encrypt import EncryptedReader as EncryptedReader  # noqa: E402
 from .encrypt import EncryptionState as EncryptionState  # noqa: E402
 from .encrypt import load_recipients as load_recipients  # noqa: E402
+from .errors import ArchiveError as ArchiveError  # noqa: E402
 from .errors import SourceChangedError as SourceChangedError  # noqa: E402
+from .errors import StreamSizeError as StreamSizeError  # noqa: E402
 from .errors import TartapeError as TartapeError  # noqa: E402
+from .memtape import MemoryTape as MemoryTape  # noqa: E402
+from .ratarindex import write_ratarmount_index as write_ratarmount_index  # noqa: E402
 from .reader import TapeReader as TapeReader  # noqa: E402
 from .stream import TapePlayer as TapePlayer  # noqa: E402
 from .tape import Tape as Tape  # noqa: E402
 from .tape import TapeRecorder as TapeRecorder  # noqa: E402
 
-__all__ = ["AgeUnavailableError", "EncryptedReader", "EncryptionState", "Recipient", "RecipientError",
-           "SourceChangedError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError",
-           "__version__", "load_recipients"]
+__all__ = [
+    "AgeUnavailableError", "ArchiveError", "EncryptedReader", "EncryptionState", "MemoryTape", "Recipient",
+    "RecipientError", "SourceChangedError", "StreamSizeError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder",
+    "TartapeError", "__version__", "load_recipients", "write_ratarmount_index",
+]

@@ -162,6 +162,11 @@ def find_index_member(source) -> tuple[int, bytes] | None:
     if size - end < len(fmt.FOOTER) or end == start:
         return None
     tail = tail[: end - start]
+    guess = tarindex.guess_index_header(tail)
+    if guess is not None and 0 <= guess < start and guess % fmt.BLOCK == 0 and end - guess <= _MAX_INDEX:
+        # The CSV's last row says where its header is: one read brings the whole index.
+        tail = source.read(guess, start - guess) + tail
+        start = guess
     while True:
         found = tarindex.find_index_header(tail, start, end)
         if found == tarindex.NOT_FOUND:
@@ -309,20 +314,13 @@ class Extractor:
     def _parent(self, parts: tuple[bytes, ...]) -> int:
         """A descriptor of the folder holding ``parts[-1]``, made as needed, no symlink followed."""
         fd = os.dup(self._root)
-        try:
-            for part in parts[:-1]:
-                fd = self._descend(fd, part, parts)
-        except BaseException:
-            os.close(fd)
-            raise
+        for part in parts[:-1]:
+            try:
+                child = self._folder(fd, parts, part)
+            finally:
+                os.close(fd)
+            fd = child
         return fd
-
-    def _descend(self, fd: int, part: bytes, parts: tuple[bytes, ...]) -> int:
-        try:
-            child = self._folder(fd, parts, part)
-        finally:
-            os.close(fd)
-        return child
 
     def _folder(self, fd: int, parts: tuple[bytes, ...], part: bytes | None = None) -> int:
         """Open (making it if missing) the folder ``part`` in ``fd``: a parent (mode 0777

@@ -27,6 +27,7 @@ Not thread-safe: one thread reads a MemoryTape at a time.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import time
@@ -178,6 +179,9 @@ class MemoryTape:
             body_offset = m.offset + m.header_size
             body_end = body_offset + m.header.size
             stop = min(end, m.end)
+            body = self._bodies[i] if i < len(self._bodies) else None
+            if isinstance(body, _File) and not (pos < body_end and stop > body_offset):
+                body.read(m, 0, 0)  # the check alone: no byte of a changed file's member is served
             if pos < body_offset:
                 parts.append(fmt.encode_header(m.header)[pos - m.offset : min(stop, body_offset) - m.offset])
                 pos = min(stop, body_offset)
@@ -350,4 +354,5 @@ def _ns(seconds: float) -> int:
     """Seconds (int or float) to whole nanoseconds, without a float for ints."""
     if isinstance(seconds, int):
         return seconds * 1_000_000_000
-    return round(seconds * 1_000_000_000)
+    whole = math.floor(seconds)  # the fraction alone, so 0.25 s stays exactly 250_000_000 ns
+    return whole * 1_000_000_000 + round((seconds - whole) * 1_000_000_000)

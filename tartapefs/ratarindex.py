@@ -109,7 +109,7 @@ def sidecar_rows(members: Iterable[Member]) -> Iterator[tuple]:
             yield (path, name, header, body, 0, 0.0, 0o555 | stat.S_IFDIR, 5, "", 0, 0, 0, 0, 0, 0)
 
 
-def write_sidecar(path: str, members: Iterable[Member], archive_size: int, archive_mtime: float) -> int:
+def write_ratarmount_index(path: str, members: Iterable[Member], archive_size: int, archive_mtime: float) -> int:
     """Write ratarmount's index of an archive to ``path`` (atomically); returns its size.
 
     ``members``: every member of the archive with its offsets; ``archive_size``

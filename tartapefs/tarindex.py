@@ -223,6 +223,21 @@ def find_index_header(tail: bytes, tail_start: int, end: int) -> int | None:
     return tail_start + pos // fmt.BLOCK * fmt.BLOCK
 
 
+_LAST_ROW = re.compile(rb",(\d+),(\d+),(\d+),(file|dir|symlink|hardlink),(-?[\d.]+)\r\n\Z")
+
+
+def guess_index_header(tail: bytes) -> int | None:
+    """Where the index member's header should be, from the last row of its CSV alone:
+    right after the member that row lists. ``tail`` ends where the archive's data ends
+    (:func:`data_end`). The numeric fields end the row, so a quoted name cannot fool
+    the match; a wrong guess fails :func:`check_index_header` like any other block."""
+    match = _LAST_ROW.search(tail.rstrip(b"\0")[-512:])
+    if match is None:
+        return None
+    size, body = int(match[1]), int(match[3])
+    return body + size + fmt.padding(size)
+
+
 def check_index_header(block: bytes, header_offset: int, end: int) -> IndexLocation | None:
     """The index member whose ustar header is ``block`` (at ``header_offset``), or None
     when the block is no valid regular-file header whose body ends at ``end``.

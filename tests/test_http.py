@@ -9,90 +9,19 @@ is compared with ``tartape stream``'s archive.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from mountutil import DEADLINE_S, NAME, NEEDS_MOUNT, stream_bytes
+from nginxutil import NGINX, nginx  # noqa: F401  (nginx: the fixture)
 from trees import _Builder, content
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 pytestmark = [
     NEEDS_MOUNT,
     pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (Debian package nginx)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def nginx(tmp_path):
-    """Starts nginx serving a folder on a loopback port; stops it at the end, failed or not."""
-    started: list[subprocess.Popen] = []
-
-    def serve(root: Path) -> str:
-        port = free_port()
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        (prefix / "nginx.conf").write_text(f"""
-daemon off;
-user nobody nogroup;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    types {{ application/x-tar tar; }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-""")
-        proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                                 "-e", str(prefix / "error.log")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        started.append(proc)
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited {proc.returncode}: {proc.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return f"http://127.0.0.1:{port}"
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("nginx did not start listening")
-                time.sleep(0.05)
-
-    yield serve
-    for proc in started:
-        proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
-        try:
-            proc.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def get(url: str, range_: str | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -114,7 +43,7 @@ def test_nginx_serves_the_archive_whole_and_by_ranges(world_dir, world_mounts, n
     b.finish()
     reference = stream_bytes(src)
     mount = world_mounts.background(src, None, "-o", "allow_other")
-    base = nginx(mount.mnt)
+    base = nginx(mount.mnt).url
     url = f"{base}/{NAME}"
 
     status, headers, body = get(url)
