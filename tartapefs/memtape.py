@@ -37,7 +37,7 @@ from typing import IO, BinaryIO, Union
 from . import format as fmt
 from . import tarindex
 from .errors import MemberNotFoundError, SourceChangedError, StreamSizeError, UsageError, show_path
-from .layout import Member, member_index
+from .layout import Member, locate
 from .reader import _mismatch, _open_failure
 
 Opener = Callable[[], Union[IO[bytes], Iterable[bytes]]]
@@ -169,7 +169,7 @@ class MemoryTape:
         served: list[Member] = []
         self.served = served
         pos = offset
-        i = member_index(starts, pos) if pos < footer else len(members)
+        i = locate(starts, pos) if pos < footer else len(members)
         while pos < end:
             if pos >= footer:
                 parts.append(bytes(end - pos))
