@@ -176,9 +176,12 @@ class MemoryTape:
                 break
             m = members[i]
             served.append(m)
+            size = m.header.size
             body_offset = m.offset + m.header_size
-            body_end = body_offset + m.header.size
-            stop = min(end, m.end)
+            body_end = body_offset + size
+            stop = body_end + (-size % fmt.BLOCK)
+            if stop > end:
+                stop = end
             body = self._bodies[i] if i < len(self._bodies) else None
             if isinstance(body, _File) and not (pos < body_end and stop > body_offset):
                 body.read(m, 0, 0)  # the check alone: no byte of a changed file's member is served

@@ -68,7 +68,8 @@ def tar_with_index(path: Path, entries: list[tuple[tarfile.TarInfo, bytes]]) -> 
     writer.writerow(["name", "size", "header_offset", "body_offset", "type", "mtime"])
     with tarfile.open(path) as tar:
         for added in tar:
-            kind = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}.get(added.type, "file")
+            kind = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+                    tarfile.LNKTYPE: "hardlink"}.get(added.type, "file")
             writer.writerow([added.name + ("/" if kind == "dir" else ""), added.size, added.offset,
                              added.offset_data, kind, int(added.mtime)])
     content = out.getvalue().encode()
@@ -161,6 +162,17 @@ def test_a_symlink_the_archive_itself_makes_is_never_followed(tmp_path, capsys):
     assert main(["extract", str(tmp_path / "trick.tar"), "*", "-C", str(dest)]) == 1
     assert "never followed" in capsys.readouterr().err
     assert list(outside.iterdir()) == [] and os.readlink(dest / "s") == str(outside)
+
+
+def test_hard_links_are_links_when_both_are_extracted_else_copies(tmp_path):
+    tar_with_index(tmp_path / "links.tar", [info("a.txt", b"shared"), info("b.txt", kind=tarfile.LNKTYPE,
+                                                                         linkname="a.txt")])
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    both.mkdir(), alone.mkdir()
+    assert main(["extract", str(tmp_path / "links.tar"), "*.txt", "-C", str(both)]) == 0
+    assert os.stat(both / "a.txt").st_ino == os.stat(both / "b.txt").st_ino
+    assert main(["extract", str(tmp_path / "links.tar"), "b.txt", "-C", str(alone)]) == 0
+    assert (alone / "b.txt").read_bytes() == b"shared" and not (alone / "a.txt").exists()
 
 
 def test_an_existing_file_is_replaced_whole(tmp_path):
