@@ -13,7 +13,9 @@ from .encrypt import EncryptedReader as EncryptedReader  # noqa: E402
 from .encrypt import EncryptionState as EncryptionState  # noqa: E402
 from .encrypt import load_recipients as load_recipients  # noqa: E402
 from .errors import ArchiveError as ArchiveError  # noqa: E402
+from .errors import SourceBusyError as SourceBusyError  # noqa: E402
 from .errors import SourceChangedError as SourceChangedError  # noqa: E402
+from .errors import SourceError as SourceError  # noqa: E402
 from .errors import StreamSizeError as StreamSizeError  # noqa: E402
 from .errors import TartapeError as TartapeError  # noqa: E402
 from .memtape import MemoryTape as MemoryTape  # noqa: E402
@@ -25,6 +27,7 @@ from .tape import TapeRecorder as TapeRecorder  # noqa: E402
 
 __all__ = [
     "AgeUnavailableError", "ArchiveError", "EncryptedReader", "EncryptionState", "MemoryTape", "Recipient",
-    "RecipientError", "SourceChangedError", "StreamSizeError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder",
-    "TartapeError", "__version__", "load_recipients", "write_ratarmount_index",
+    "RecipientError", "SourceBusyError", "SourceChangedError", "SourceError", "StreamSizeError", "Tape",
+    "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "__version__", "load_recipients",
+    "write_ratarmount_index",
 ]

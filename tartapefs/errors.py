@@ -42,17 +42,32 @@ class MemberNotFoundError(UsageError):
     """No member of the tape has the requested name."""
 
 
-class SourceChangedError(TartapeError):
-    """A source file no longer matches what the index recorded for its member.
+class SourceError(TartapeError):
+    """A member's source file cannot be served: the read fails, for that member only.
 
-    ``member`` is the member's name in the archive (str, undecodable bytes
-    escaped), ``reason`` a short human explanation ("size 10 -> 12 bytes").
+    ``member`` is the member's name in the archive (for people: see :func:`show_path`),
+    ``reason`` a short human explanation ("size 10 -> 12 bytes").
     """
 
+    what = "source cannot be served"
+
     def __init__(self, member: str, reason: str) -> None:
-        super().__init__(f"{member}: source changed since recording: {reason}")
+        super().__init__(f"{member}: {self.what}: {reason}")
         self.member = member
         self.reason = reason
+
+
+class SourceChangedError(SourceError):
+    """A source file no longer matches what the index recorded for its member."""
+
+    what = "source changed since recording"
+
+
+class SourceBusyError(SourceError):
+    """Another process holds the source file in a way that would make the read wait
+    (a write lease): the read fails at once instead of stalling every other request."""
+
+    what = "source busy"
 
 
 class StreamSizeError(SourceChangedError):

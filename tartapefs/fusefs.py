@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import pyfuse3
 
-from .errors import SourceChangedError, TartapeError
+from .errors import SourceError, TartapeError
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except SourceChangedError as err:
-            self._report_changed(err)
+        except SourceError as err:
+            self._report_source(err)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except (TartapeError, OSError) as err:
             # A source that cannot be read is an I/O error of the archive,
@@ -302,7 +302,7 @@ class TapeFS(pyfuse3.Operations):
 
     # -- logging --------------------------------------------------------
 
-    def _report_changed(self, err: SourceChangedError) -> None:
+    def _report_source(self, err: SourceError) -> None:
         key = (err.member, err.reason)
         if key in self._reported:
             log.debug("%s", err)

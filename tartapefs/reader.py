@@ -34,11 +34,15 @@ import os
 import stat
 
 from . import format as fmt
-from .errors import IndexCorruptError, SourceChangedError, UsageError
+from .errors import IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, UsageError
 from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK | O_NOCTTY, as GNU tar opens what it archives: a FIFO put in a file's place must
+# not block the open until a writer comes (every other request would wait with it), a write
+# lease must fail the open (EWOULDBLOCK) instead of stalling it for the lease break time, and
+# a terminal must never become ours. Reads of a regular file ignore O_NONBLOCK.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REG = stat.S_IFREG
 encode_header = fmt.encode_header
@@ -76,7 +80,8 @@ class TapeReader:
         """Exactly ``min(size, total_size - offset)`` bytes from ``offset`` (b"" at or past the end).
 
         Raises :class:`SourceChangedError` when a member in the range no longer
-        matches its source, :class:`UsageError` for a negative offset or size.
+        matches its source, :class:`SourceBusyError` when another process holds its
+        source file under a write lease, :class:`UsageError` for a negative offset or size.
         """
         if offset < 0 or size < 0:
             raise UsageError(f"read: negative offset or size ({offset}, {size})")
@@ -189,7 +194,7 @@ class TapeReader:
                 return f"no longer a {m.kind}"
             if m.kind == fmt.SYMLINK and self._readlink(m.source) != m.linkname:
                 return "symlink target changed"
-        except SourceChangedError as err:
+        except SourceError as err:
             return err.reason
         except OSError as err:
             return _open_failure(err)
@@ -218,7 +223,7 @@ class TapeReader:
         try:
             fd = folders.open_file(m.source)
         except OSError as err:
-            raise SourceChangedError(m.display_name, _open_failure(err)) from None
+            raise _open_error(m, err) from None
         finally:
             if own:
                 folders.close()
@@ -311,6 +316,13 @@ def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
     if stat.S_IMODE(st.st_mode) != m.mode:
         return f"permissions {m.mode:04o} -> {stat.S_IMODE(st.st_mode):04o}"
     return None
+
+
+def _open_error(m: Member, err: OSError) -> SourceError:
+    if err.errno == errno.EWOULDBLOCK:
+        # Only a lease makes an O_NONBLOCK open of a regular file fail so.
+        return SourceBusyError(m.display_name, "another process holds a write lease on it; not served, try again later")
+    return SourceChangedError(m.display_name, _open_failure(err))
 
 
 def _open_failure(err: OSError) -> str:

@@ -1,0 +1,183 @@
+"""A hostile source (docs/SECURITY.md): whoever may write in SRC tries to hang the reader,
+stall it, or get bytes served that were never recorded. Every attack ends in an error for
+that member only, within a deadline: a hang is a failure detected by a timeout here, never
+a hung suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mountutil import NEEDS_MOUNT, NOBODY, TARTAPE
+from trees import archive_of, build_small_tree, record
+
+# Far below the kernel's lease-break-time (45 s) and any open that waits for a FIFO's writer:
+# a read that has not answered by then is hung.
+HANG_S = 20.0
+
+# Reads one member through the library in a child process, so that a hang can be cut short.
+READ_MEMBER = """
+import sys
+from tartapefs import Tape, TapeReader, TartapeError
+tape = Tape.open(sys.argv[1])
+m = tape.locate(sys.argv[2])
+with TapeReader(tape) as reader:
+    try:
+        data = reader.read(m.offset, m.end - m.offset)
+    except TartapeError as err:
+        print(type(err).__name__, err)
+    else:
+        print("served", len(data))
+"""
+
+
+def bounded(argv: list, timeout: float = HANG_S, on_hang=None, **kw) -> subprocess.CompletedProcess:
+    """Run ``argv`` to completion; a run that outlives ``timeout`` fails the test as hung.
+
+    ``on_hang`` is called first: a reader waiting for a FUSE daemon that hangs cannot even
+    be killed until that daemon is stopped.
+    """
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if on_hang is not None:
+            on_hang()
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"hung: {[str(a)[:40] for a in argv[:5]]} did not finish within {timeout:g} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def read_member(tape, name: str) -> str:
+    """``served N`` or ``ErrorClass message`` for a library read of member ``name``."""
+    done = bounded([sys.executable, "-c", READ_MEMBER, tape.index_path, name])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return done.stdout.strip()
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def release_fifo(path: Path) -> None:
+    """Open the FIFO for writing without blocking: whoever waits to read it (a reader of the
+    unfixed code) is let go, so no process outlives the test."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # ENXIO: nobody was waiting
+
+
+def pread_through(mount, offset: int, size: int) -> list[str]:
+    """pread through a mount in a child process: ``bytes N`` or ``errno N``."""
+    code = ("import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "try:\n    print('bytes', len(os.pread(fd, int(sys.argv[3]), int(sys.argv[2]))))\n"
+            "except OSError as err:\n    print('errno', err.errno)\n")
+    return bounded([sys.executable, "-c", code, mount.file, offset, size], on_hang=mount.proc.kill).stdout.split()
+
+
+# --- finding 4: a FIFO in place of a source file ----------------------------------------------
+
+
+@pytest.fixture
+def fifo_swapped(tmp_path):
+    """The small tree recorded, then data/a.txt replaced by a FIFO that nobody writes."""
+    src = build_small_tree(tmp_path)
+    tape = record(src)
+    os.unlink(src / "a.txt")
+    os.mkfifo(src / "a.txt")
+    yield src, tape
+    release_fifo(src / "a.txt")
+
+
+@pytest.mark.index
+def test_a_fifo_in_place_of_a_source_file_fails_that_member_and_never_hangs(fifo_swapped):
+    src, tape = fifo_swapped
+    got = read_member(tape, "data/a.txt")
+    assert got.startswith("SourceChangedError") and "data/a.txt" in got, got
+    assert read_member(tape, "data/b.txt") == f"served {tape.locate('data/b.txt').end - tape.locate('data/b.txt').offset}"
+    streamed = bounded([*TARTAPE, "stream", src, "-o", src.parent / "out.tar"])
+    assert "data/a.txt" in one_line(streamed) and not (src.parent / "out.tar").exists()
+    verified = bounded([*TARTAPE, "verify", src])
+    assert verified.returncode == 1 and "data/a.txt" in verified.stdout, verified
+
+
+@NEEDS_MOUNT
+def test_mount_a_fifo_in_place_of_a_source_file_is_eio_and_the_daemon_keeps_answering(fifo_swapped, mounts):
+    src, tape = fifo_swapped
+    mount = mounts.foreground(src, None, "--direct-io")
+    try:
+        a, b = tape.locate("data/a.txt"), tape.locate("data/b.txt")
+        assert pread_through(mount, a.offset, a.end - a.offset) == ["errno", str(errno.EIO)]
+        assert pread_through(mount, b.offset, b.end - b.offset) == ["bytes", str(b.end - b.offset)]
+        statfs = bounded([sys.executable, "-c", "import os, sys; os.statvfs(sys.argv[1])", mount.mnt],
+                         on_hang=mount.proc.kill)
+        assert statfs.returncode == 0, statfs.stderr
+    finally:
+        release_fifo(src / "a.txt")
+
+
+# --- finding 5: a write lease on a source file ---------------------------------------------------
+
+HOLD_LEASE = f"""
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # told to give the lease up, it never does
+os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def leased(world_dir):
+    """The small tree (its a.txt owned by nobody) recorded by root, then nobody takes a
+    write lease on a.txt and ignores the kernel's request to give it up."""
+    src = build_small_tree(world_dir)
+    os.chown(src / "a.txt", NOBODY, NOBODY)
+    tape = record(src)
+    reference = archive_of(tape)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(src / "a.txt")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield src, tape, reference
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.index
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_write_lease_on_a_source_file_fails_that_member_at_once(leased):
+    src, tape, _ = leased
+    got = read_member(tape, "data/a.txt")
+    assert got.startswith("SourceBusyError") and "data/a.txt" in got and "lease" in got, got
+    b = tape.locate("data/b.txt")
+    assert read_member(tape, "data/b.txt") == f"served {b.end - b.offset}"
+
+
+@NEEDS_MOUNT
+def test_mount_a_write_lease_on_a_source_file_is_eio_for_that_member_only_and_logged(leased, mounts):
+    src, tape, reference = leased
+    mount = mounts.foreground(src, None, "--direct-io")
+    a, b = tape.locate("data/a.txt"), tape.locate("data/b.txt")
+    assert pread_through(mount, a.offset, a.end - a.offset) == ["errno", str(errno.EIO)]
+    with open(mount.file, "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), b.end - b.offset, b.offset) == reference[b.offset:b.end]
+    logged = [line for line in mount.log_text().splitlines() if "data/a.txt" in line]
+    assert len(logged) == 1 and "lease" in logged[0], logged
+
