@@ -38,7 +38,7 @@ from . import format as fmt
 from . import tarindex
 from .errors import MemberNotFoundError, SourceChangedError, StreamSizeError, UsageError, show_path
 from .layout import Member, locate
-from .reader import _mismatch, _open_failure
+from .reader import _mismatch, _open_error
 
 Opener = Callable[[], Union[IO[bytes], Iterable[bytes]]]
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -270,7 +270,7 @@ class _File:
         try:
             fd = os.open(self.path, _FILE_FLAGS)
         except OSError as err:
-            raise SourceChangedError(m.display_name, _open_failure(err)) from None
+            raise _open_error(m, err) from None
         try:
             st = os.fstat(fd)
             reason = _mismatch(m, st, check_size=True)
