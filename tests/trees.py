@@ -236,6 +236,38 @@ def build_small_tree(parent: Path, name: str = "data") -> Path:
     return root
 
 
+def build_report_tree(parent: Path, name: str = "my_dataset", big: int = 0) -> Path:
+    """The dataset the TarTape READMEs use: ``reports/annual_2024.pdf`` (3000 bytes)
+    among a few files, a folder, an empty folder and a symlink. With ``big``, a
+    file ``big.bin`` of that many bytes comes before ``reports/``: a hole with
+    b"BIG<" at its start and b">BIG" at its end, so gigabyte offsets cost no disk.
+
+    Names sort the same by whole path (tartape 3.x's order) and folder by folder
+    (tartapefs' order), so both give the same member list.
+    """
+    root = parent / name
+    b = _Builder(root)
+    for rel, size in ((b"a.txt", 1000), (b"docs/guide.md", 200), (b"reports/annual_2024.pdf", 3000),
+                      (b"reports/q1.csv", 77)):
+        if b"/" in rel and not (root / os.fsdecode(rel.split(b"/")[0])).exists():
+            b.dir(rel.split(b"/")[0])
+        b.file(rel, content(rel, size))
+    b.dir(b"empty")
+    b.symlink(b"link", b"a.txt")
+    if big:
+        def sparse(fd: int, base: bytes) -> None:
+            wfd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+            try:
+                os.ftruncate(wfd, big)
+                os.pwrite(wfd, b"BIG<", 0)
+                os.pwrite(wfd, b">BIG", big - 4)
+            finally:
+                os.close(wfd)
+        b._do(b"big.bin", sparse, None)
+    b.finish()
+    return root
+
+
 # --- snapshots and comparison ---------------------------------------------------------------
 
 
