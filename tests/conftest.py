@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mountutil import CAN_MOUNT, Mounts
-from trees import HardTree, archive_of, build_hard_tree, build_small_tree, record, scratch_dir
+from trees import HardTree, archive_of, build_hard_tree, build_report_tree, build_small_tree, record, scratch_dir
 
 
 # === tiers ==================================================================================
@@ -105,6 +105,18 @@ def world_dir():
 def small_tree(tmp_path):
     """A few ordinary files, a directory and a symlink at tmp_path/data, not recorded."""
     return build_small_tree(tmp_path)
+
+
+@pytest.fixture
+def my_dataset(tmp_path, monkeypatch):
+    """The TarTape READMEs' ./my_dataset (see build_report_tree) in a fresh working
+    directory, and the stand-in network clients' cloud emptied."""
+    import fakeclients
+
+    fakeclients.reset()
+    root = build_report_tree(tmp_path, "my_dataset")
+    monkeypatch.chdir(tmp_path)
+    return root
 
 
 # === mount fixtures ============================================================================

@@ -15,7 +15,9 @@ import pytest
 import tartape as real
 
 import tartapefs.compat.v3 as ours
-from trees import build_report_tree
+from trees import build_report_tree, tree_files
+
+pytestmark = pytest.mark.index
 
 SIZES = [512, 1024, 1536, "2KB", 4096, "8KB", "1MB"]
 
@@ -50,11 +52,6 @@ def record_both(root, **options):
 
 def whole(tape) -> bytes:
     return b"".join(tape.play())
-
-
-def regular_files(root) -> dict[str, bytes]:
-    return {f"{root.name}/{p.relative_to(root)}": p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 class Recorder:
@@ -96,7 +93,7 @@ def test_the_same_members_in_the_same_order_at_the_same_offsets(dataset):
 
 
 def regular_files_without_junk(root) -> dict[str, bytes]:
-    return {k: v for k, v in regular_files(root).items() if ".DS_Store" not in k and "__pycache__" not in k}
+    return {k: v for k, v in tree_files(root).items() if ".DS_Store" not in k and "__pycache__" not in k}
 
 
 def resume_points(tape) -> list[int]:

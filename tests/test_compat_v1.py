@@ -21,6 +21,8 @@ from tartapefs.compat.v1 import StreamIntegrityError, TarEventType, TarTape
 from tartapefs.errors import UsageError
 from trees import build_report_tree, build_small_tree, content, tree_differences
 
+pytestmark = pytest.mark.index
+
 REPO = Path(__file__).resolve().parent.parent
 
 

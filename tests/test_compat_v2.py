@@ -14,6 +14,8 @@ import pytest
 from tartapefs import Tape, TapeReader
 from trees import GIB, build_report_tree, tree_differences
 
+pytestmark = pytest.mark.index
+
 
 @pytest.fixture
 def massive_dataset(tmp_path, monkeypatch):

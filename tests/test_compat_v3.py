@@ -9,25 +9,16 @@ import hashlib
 import io
 import os
 import re
-import stat
 import tarfile
-import tempfile
 
 import pytest
 
 import fakeclients
 from tartapefs import Tape as CoreTape
 from tartapefs import TapeReader
-from trees import GIB, build_report_tree, content
+from trees import GIB, build_report_tree, content, tar_files, tree_files
 
-
-@pytest.fixture
-def my_dataset(tmp_path, monkeypatch):
-    """./my_dataset in a fresh working directory, the clients' cloud emptied."""
-    fakeclients.reset()
-    root = build_report_tree(tmp_path, "my_dataset")
-    monkeypatch.chdir(tmp_path)
-    return root
+pytestmark = pytest.mark.index
 
 
 @pytest.fixture
@@ -44,20 +35,6 @@ def archive(catalog: str = "my_dataset.tartape") -> bytes:
 def members(data: bytes) -> list[tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         return tf.getmembers()
-
-
-def source_files(root) -> dict[str, bytes]:
-    """arc_path -> content of every regular file below ``root``."""
-    files = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and ".tartape" not in path.parts:
-            files[f"{root.name}/{path.relative_to(root)}"] = path.read_bytes()
-    return files
-
-
-def content_of(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
 
 
 # --- Quickstart ----------------------------------------------------------------------------
@@ -93,7 +70,7 @@ def test_readme_step_2_reads_the_archive_like_a_file(my_dataset):
 
     data = archive()
     assert len(data) < 64 * 1024 and chunk == data
-    assert content_of(chunk) == source_files(my_dataset)
+    assert tar_files(chunk) == tree_files(my_dataset)
 
 
 # --- Practical examples ----------------------------------------------------------------------
@@ -114,7 +91,7 @@ def test_readme_1_uploads_the_archive_with_requests(my_dataset):
 
     assert response.ok
     sent = fakeclients.cloud.objects["https://storage.example.com/backup.tar"].data
-    assert sent == archive() and content_of(sent) == source_files(my_dataset)
+    assert sent == archive() and tar_files(sent) == tree_files(my_dataset)
 
 
 def test_readme_2_uploads_1gb_volumes_with_boto3_and_prints_their_checksums(my_dataset, capsys):
@@ -150,6 +127,7 @@ def test_readme_2_uploads_1gb_volumes_with_boto3_and_prints_their_checksums(my_d
     ]
 
 
+@pytest.mark.slow  # four 1 GiB volumes read and checksummed
 def test_readme_3_uploads_four_1gb_parts_in_parallel(tmp_path, monkeypatch, capsys):
     fakeclients.reset()
     build_report_tree(tmp_path, "my_dataset", big=3 * GIB + 4096)  # a hole: four 1 GiB parts
@@ -215,7 +193,7 @@ def test_readme_4_resumes_the_upload_at_500_mb(tmp_path, monkeypatch, network_so
         big = core.locate("my_dataset/big.bin")
     assert big.body_offset < FAILED_AT_BYTE < big.body_end - 4
     assert sent[big.body_end - FAILED_AT_BYTE - 4 : big.body_end - FAILED_AT_BYTE] == b">BIG"
-    after = content_of(sent[big.end - FAILED_AT_BYTE:])
+    after = tar_files(sent[big.end - FAILED_AT_BYTE:])
     assert after["my_dataset/reports/annual_2024.pdf"] == content(b"reports/annual_2024.pdf", 3000)
 
 
@@ -289,7 +267,7 @@ def test_readme_6_reports_progress_through_an_observer(my_dataset, network_socke
             network_socket.send(chunk)
 
     sent = bytes(network_socket.sent)
-    assert sent == archive() and content_of(sent) == source_files(my_dataset)
+    assert sent == archive() and tar_files(sent) == tree_files(my_dataset)
     expected = []
     for info in members(sent):
         expected += [f"Sending: {info.name}", f"Finished: {info.name}"]
@@ -407,7 +385,7 @@ def test_readme_9_inspection_metrics_printed_for_a_recording_with_checksums(my_d
     )  # Header + padding byte overhead
 
     data = archive()
-    payload = sum(len(c) for c in source_files(my_dataset).values())
+    payload = sum(len(c) for c in tree_files(my_dataset).values())
     assert capsys.readouterr().out.splitlines() == [
         "Algorithm:       sha256",
         "Has file hashes: False",  # tartape: True; tartapefs keeps no per-file checksums
@@ -428,116 +406,5 @@ def test_readme_auto_truncate_keeps_long_names_whole(tmp_path, monkeypatch):
     tape = tartape.record("./my_dataset", auto_truncate=True)
 
     name = f"my_dataset/{'d' * 150}/{'e' * 150}/{'f' * 120}"
-    assert content_of(archive())[name] == b"deep"
+    assert tar_files(archive())[name] == b"deep"
     assert tape.locate(name).file_size == 4
-
-
-# --- beyond the README ----------------------------------------------------------------------
-
-
-def test_an_ephemeral_recording_leaves_nothing_behind(my_dataset, tmp_path, monkeypatch):
-    import tartapefs.compat.v3 as tartape
-
-    private = tmp_path / "tmp"
-    private.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private))
-    with tartape.record_ephemeral("./my_dataset", checksum="md5") as tape:
-        (folder,) = private.iterdir()
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and os.fspath(tape).startswith(str(folder))
-        ends = []
-        data = b"".join(tape.play(on_event=lambda e: ends.append(e) if e.type == "file_end" else None))
-    assert content_of(data) == source_files(my_dataset)
-    assert list(private.iterdir()) == [] and sorted(os.listdir(tmp_path)) == ["my_dataset", "tmp"]
-    sums = {e.entry.info.arc_path: e.metadata.md5sum for e in ends if e.metadata.md5sum}
-    assert sums == {name: hashlib.md5(data).hexdigest() for name, data in source_files(my_dataset).items()}
-
-
-def test_open_finds_the_index_tartapefs_itself_recorded(my_dataset):
-    import tartapefs.compat.v3 as tartape
-    from tartapefs import TapeRecorder
-
-    assert tartape.get_tape("./my_dataset") is None and not tartape.exists("./my_dataset")
-    TapeRecorder("./my_dataset").commit()
-    assert tartape.discover("./my_dataset") == my_dataset / ".tartape" / "index.db"
-    with tartape.open("./my_dataset") as tape:
-        assert tape == my_dataset / ".tartape" / "index.db"
-        assert content_of(tape.as_file().read()) == source_files(my_dataset)
-
-
-def test_a_catalog_written_by_tartape_itself_is_refused_in_one_line(my_dataset):
-    import tartape as real
-
-    import tartapefs.compat.v3 as tartape
-
-    real.record("./my_dataset", catalog_path="theirs.tartape")
-    with pytest.raises(tartape.TapeCorruptedError, match="theirs.tartape: not a readable tartapefs index .*written by the tartape package .* record the folder again"):
-        tartape.open_catalog("theirs.tartape")
-
-
-def test_volumes_of_one_tape_read_in_four_threads_each_get_their_checksum(my_dataset):
-    from concurrent.futures import ThreadPoolExecutor
-
-    import tartapefs.compat.v3 as tartape
-
-    tape = tartape.record("./my_dataset")
-    volumes = list(tape.iter_volumes(size=1024))
-
-    def read(volume):
-        with volume:
-            return volume.read(), volume.md5sum
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(read, volumes))
-    data = archive()
-    assert b"".join(r[0] for r in results) == data and len(results) == -(-len(data) // 1024)
-    assert [r[1] for r in results] == [hashlib.sha256(r[0]).hexdigest() for r in results]
-
-
-def test_a_volume_read_out_of_order_has_no_checksum_until_computed(my_dataset):
-    import tartapefs.compat.v3 as tartape
-
-    tape = tartape.record("./my_dataset")
-    volume = tape.get_volume(index=1, size=4096)
-    data = archive()[4096:8192]
-    with volume:
-        volume.seek(100)
-        assert volume.read() == data[100:]
-        assert volume.checksum is None and volume.is_completed
-        assert volume.compute_checksum("md5") == hashlib.md5(data).hexdigest() == volume.checksum
-    with pytest.raises(tartape.InvalidArgumentError):
-        volume.compute_checksum("crc32")
-
-
-def test_canary_verify_checks_a_sample_that_finds_the_newest_change(tmp_path, monkeypatch):
-    root = tmp_path / "many"
-    root.mkdir()
-    for i in range(80):
-        (root / f"f{i:02d}").write_bytes(b"x" * i)
-        os.utime(root / f"f{i:02d}", (1_600_000_000 + i, 1_600_000_000 + i))
-    import tartapefs.compat.v3 as tartape
-
-    tape = tartape.record(root)
-    canary = tape.verify(deep=False)
-    assert canary and canary.mode == "canary" and canary.total_tracks == 81 and 10 < canary.checked_count < 40
-    (root / "f79").write_bytes(b"y" * 79)  # the newest file: always in the sample
-    os.utime(root / "f03", (1, 1))  # early, old: outside the sample
-    report = tape.verify(deep=False)
-    assert [(d.arc_path, d.reason) for d in report.errors] == [("many/f79", "mtime_mismatch")]
-    report = tape.verify()
-    assert [(d.arc_path, d.reason) for d in report.errors] == [("many/f03", "mtime_mismatch"),
-                                                                ("many/f79", "mtime_mismatch")]
-    with pytest.raises(tartape.TarIntegrityError, match="many/f03"):
-        tape.verify(raise_exception=True)
-
-
-def test_arguments_tartapefs_cannot_honour_are_refused_in_one_line(my_dataset):
-    import tartapefs.compat.v3 as tartape
-
-    with pytest.raises(tartape.InvalidArgumentError, match="callable is not supported"):
-        tartape.record("./my_dataset", exclude=lambda path: False)
-    with pytest.raises(tartape.InvalidArgumentError, match="checksum 'crc'"):
-        tartape.record("./my_dataset", checksum="crc")
-    tape = tartape.record("./my_dataset")
-    with pytest.raises(tartape.InvalidArgumentError, match="naming template"):
-        next(tape.iter_volumes(size=1024, naming_template="{nope}.tar"))
-    assert not os.path.exists("my_dataset/.tartape")

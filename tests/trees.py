@@ -360,6 +360,21 @@ def expected_names(src: Path, prefix: bytes | None = None) -> set[bytes]:
     return names
 
 
+def tree_files(root: Path) -> dict[str, bytes]:
+    """Content of every regular file below ``root`` by archive name (``ROOT/rel``), ``.tartape`` left out."""
+    return {f"{root.name}/{p.relative_to(root)}": p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and ".tartape" not in p.relative_to(root).parts}
+
+
+def tar_files(data: bytes) -> dict[str, bytes]:
+    """Content of every regular file of the tar archive ``data``, read by Python's tarfile."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+
+
 # --- recording helpers --------------------------------------------------------------------
 
 

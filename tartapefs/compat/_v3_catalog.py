@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import format as fmt
 from ..errors import MemberNotFoundError
 from ..layout import Member
+from ..plan import volume_name
 from ..tape import Tape as CoreTape
 from ..tape import index_candidates
 from ._v3_errors import (
@@ -311,7 +312,7 @@ class Layout:
     def _record(self, index: int, listing: bool) -> VolumeRecord:
         start = index * self.volume_size
         end = min(start + self.volume_size, self.total_tape_size)
-        pindex = str(index + 1).zfill(max(3, len(str(self.total_volumes))))
+        pindex = volume_name("", index, self.total_volumes)[1:]  # tartapefs' numbering: 001, 002...
         if self._registered:
             fields = dict(name=self._catalog.path.stem, fingerprint=self._catalog.fingerprint)
         elif listing:  # tartape's names for the volumes of a layout it was not given

@@ -16,6 +16,7 @@ from ..errors import (
     TartapeError,
     UsageError,
 )
+from ._common import CatalogExistsError as CatalogExistsError  # noqa: F401 (defined with the recording)
 from ._common import InvalidArgumentError as InvalidArgumentError  # noqa: F401 (one class for both layers)
 
 TarTapeError = TartapeError
@@ -54,10 +55,6 @@ class SourceNotFoundError(UsageError, FileNotFoundError):
 
 class ReadOnlyCatalogError(UsageError, PermissionError):
     """A change asked of a catalog opened with ``read_only=True``."""
-
-
-class CatalogExistsError(UsageError, FileExistsError):
-    """``record()`` would replace an existing catalog and ``overwrite`` is False."""
 
 
 class PathConstraintError(UsageError, ValueError):

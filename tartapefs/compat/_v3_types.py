@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from .. import format as fmt
 from ..layout import Member
+from ..plan import volume_ranges
 from ._common import described
 from ._v3_errors import InvalidArgumentError
 
@@ -108,8 +109,8 @@ class FileGPS:
 
 def calculate_segments(total_size: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     """``(start, end)`` of each volume, end exclusive: fixed-size slices of the tape."""
-    for start in range(0, total_size, chunk_size):
-        yield start, min(start + chunk_size, total_size)
+    for start, size in volume_ranges(total_size, chunk_size):
+        yield start, start + size
 
 
 def content_slices(body_offset: int, size: int, volume_size: int) -> list[FileSlice]:

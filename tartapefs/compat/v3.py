@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..tape import TapeRecorder
 from ._common import TemporaryRecording, glob_patterns
 from ._v3_catalog import Catalog, Layout, discover
 from ._v3_errors import (
@@ -82,19 +81,35 @@ def record(
 ) -> Tape:
     """Record ``directory`` into a catalog and return its :class:`Tape`.
 
-    ``catalog_path`` defaults to ``NAME.tartape`` beside the folder; an existing
-    one raises :class:`CatalogExistsError` (a ``FileExistsError``) unless
-    ``overwrite``, and is replaced atomically when it is. ``exclude``: globs as
+    ``catalog_path`` defaults to ``NAME.tartape`` beside the folder (never inside
+    it: :class:`InvalidArgumentError`); an existing one raises
+    :class:`CatalogExistsError` (a ``FileExistsError``) unless ``overwrite``, and
+    is replaced atomically when it is. The index is written in a private folder
+    beside the catalog and renamed into place. ``exclude``: globs as
     ``tar --exclude`` (default :data:`DEFAULT_EXCLUDES`). ``checksum``: the
     algorithm of ``file_end`` and volume checksums (``True`` is sha256).
     ``auto_truncate`` is accepted and never needed: no name is too long.
     """
     folder = Path(directory).resolve()
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"{directory}: not a folder")
     algorithm = _algorithm(checksum)
-    target = Path(catalog_path).resolve() if catalog_path is not None else folder.parent / (folder.name + ".tartape")
-    if target.exists() and not overwrite:
-        raise CatalogExistsError(f"{target}: a catalog is already there (record(..., overwrite=True) replaces it)")
-    TapeRecorder(str(folder), glob_patterns(exclude, DEFAULT_EXCLUDES), anonymize, index_path=str(target)).commit()
+    if catalog_path is None:
+        target = folder.parent / (folder.name + ".tartape")
+    else:  # the folder resolved, the name itself not: a link planted there is replaced, never followed
+        given = Path(os.path.abspath(catalog_path))
+        target = given.parent.resolve() / given.name
+    if os.path.lexists(target) and not overwrite:
+        raise CatalogExistsError(f"{target}: a catalog is already there (overwrite=True replaces it)")
+    if folder == target.parent or folder in target.parent.parents:
+        raise InvalidArgumentError(f"catalog_path {target}: inside the folder it describes; put it outside {folder}")
+    patterns = glob_patterns(exclude, DEFAULT_EXCLUDES)
+    target.parent.mkdir(parents=True, exist_ok=True)  # as tartape did
+    recording = TemporaryRecording(str(folder), patterns, anonymize, beside=str(target.parent))
+    try:
+        recording.keep_as(str(target), replace=overwrite)
+    finally:
+        recording.close()
     return Tape(folder, target, checksum_algorithm=algorithm, auto_truncate=auto_truncate)
 
 
@@ -142,7 +157,7 @@ def record_ephemeral(
     recording = TemporaryRecording(str(folder), glob_patterns(exclude, DEFAULT_EXCLUDES), anonymize)
     tape = None
     try:
-        tape = Tape(folder, recording.tape.index_path, checksum_algorithm=algorithm, auto_truncate=auto_truncate)
+        tape = Tape(folder, recording.index_path, checksum_algorithm=algorithm, auto_truncate=auto_truncate)
         yield tape
     finally:
         if tape is not None:
