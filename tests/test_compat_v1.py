@@ -165,8 +165,7 @@ def test_the_temporary_index_is_private_and_removed_on_close_and_on_collection(s
     tape.close()
     assert list(private_tmp.iterdir()) == []
 
-    tape = TarTape()
-    tape.add_folder(small_tree)
+    tape.add_folder(small_tree)  # added again after close(): cleaned up again
     assert len(list(private_tmp.iterdir())) == 1
     del tape
     assert list(private_tmp.iterdir()) == []

@@ -151,3 +151,17 @@ def test_record_writes_nothing_through_a_symlink_planted_at_the_catalog(my_datas
     with pytest.raises(tartape.InvalidArgumentError, match="not a folder"):
         tartape.record(tmp_path / "no" / "such" / "folder")
     assert not (tmp_path / "no").exists()
+
+
+def test_a_stream_cut_inside_a_member_sends_no_end_for_it(my_dataset):
+    import tartapefs.compat.v3 as tartape
+    from tartapefs.compat._v3_stream import play_bytes
+
+    tape = tartape.record("./my_dataset")
+    pdf = tape.locate("my_dataset/reports/annual_2024.pdf")
+    start = next(t for t in tape.inspect() if t.arc_path.endswith("annual_2024.pdf")).start_offset
+    events = []
+    with CoreTape.open("my_dataset.tartape") as core:
+        data = b"".join(play_bytes(core, str(my_dataset), start, start + 1000, 1 << 20, on_event=events.append))
+    assert data == archive()[start:start + 1000] and pdf.file_size == 3000
+    assert [(e.type, e.entry.info.arc_path) for e in events] == [("file_start", "my_dataset/reports/annual_2024.pdf")]

@@ -81,6 +81,8 @@ def play_bytes(
                 hasher.update(view)
             yield data
             pos += len(data)
+            if len(data) < len(event.data):
+                return  # cut at stop: the member goes on in the next volume, its end is not here
         elif kind == FILE_END:
             checksum = hasher.hexdigest() if hasher is not None else None
             metadata = FileEndMetadata(member.end, checksum, checksum is not None)

@@ -148,6 +148,8 @@ class TarTape:
         keeps only the folder's direct entries. Raises :class:`UsageError` for a
         path that is not a readable folder, or for an ``exclude`` callable.
         """
+        if not self._finalizer.alive:  # closed before: the new folders need cleaning up too
+            self._finalizer = weakref.finalize(self, _close_all, self._folders)
         root = os.path.abspath(folder_path)
         patterns = glob_patterns(exclude, []) + ([] if recursive else ["*/*"])
         name = os.path.basename(root)
@@ -176,7 +178,7 @@ class TarTape:
             base += folder.tape.total_size - len(fmt.FOOTER)
 
     def close(self) -> None:
-        """Remove the temporary indexes; the ``TarTape`` cannot stream afterwards."""
+        """Remove the temporary indexes and forget the folders added so far."""
         self._finalizer()
 
     def __enter__(self) -> TarTape:
