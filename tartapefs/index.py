@@ -24,12 +24,12 @@ from .errors import (
 from .layout import BYTES_VERSION, Member, archive_name
 
 FORMAT = "tartapefs-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ctime_ns recorded (an index without it cannot detect a rewrite in place)
 
 _KIND_CODE = {fmt.FILE: 0, fmt.HARDLINK: 1, fmt.SYMLINK: 2, fmt.DIR: 5}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
 _COLUMNS = (
-    "offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, uid, gid, uname, gname"
+    "offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, ctime_ns, uid, gid, uname, gname"
 )
 _SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _REQUIRED_META = ("format_version", "total_size", "member_count", "fingerprint", "source_root", "prefix")
@@ -130,7 +130,7 @@ class Index:
 
     def _member(self, row: tuple) -> Member:
         # On every read path: positional construction, it is measurably faster.
-        (offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, uid, gid, uname, gname) = row
+        (offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, ctime_ns, uid, gid, uname, gname) = row
         kind = _CODE_KIND[kind]
         header = fmt.Header(
             archive_name(self.prefix, source, kind),
@@ -144,7 +144,7 @@ class Index:
             uname or b"",
             gname or b"",
         )
-        return Member(header, offset, header_size, source, ino, dev, mtime_ns)
+        return Member(header, offset, header_size, source, ino, dev, mtime_ns, ctime_ns)
 
     def _close_quietly(self) -> None:
         try:
@@ -190,7 +190,7 @@ class IndexWriter:
             columns = _COLUMNS
             rows = (
                 (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
-                 h.linkname or None, m.ino, m.dev, h.uid, h.gid, h.uname, h.gname)
+                 h.linkname or None, m.ino, m.dev, m.ctime_ns, h.uid, h.gid, h.uname, h.gname)
                 for m in members
                 for h in (m.header,)
             )
@@ -199,7 +199,7 @@ class IndexWriter:
             columns = _COLUMNS.rsplit(", uid", 1)[0]
             rows = (
                 (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
-                 h.linkname or None, m.ino, m.dev)
+                 h.linkname or None, m.ino, m.dev, m.ctime_ns)
                 for m in members
                 for h in (m.header,)
             )

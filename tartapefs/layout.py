@@ -27,8 +27,8 @@ class Member(NamedTuple):
     sits, and what the integrity check compares the source file against.
 
     Offsets and sizes are bytes from the start of the tape. ``source`` is the
-    path relative to the source root (``b""`` for the root itself); ``ino`` and
-    ``mtime_ns`` are the recorded ``lstat`` values.
+    path relative to the source root (``b""`` for the root itself); ``ino``,
+    ``mtime_ns`` and ``ctime_ns`` are the recorded ``lstat`` values.
     """
 
     header: fmt.Header
@@ -38,6 +38,7 @@ class Member(NamedTuple):
     ino: int = 0
     dev: int = 0
     mtime_ns: int = 0
+    ctime_ns: int = 0
 
     @property
     def name(self) -> bytes:

@@ -120,7 +120,8 @@ class MemoryTape:
         header = fmt.Header(name=name, kind=kind, size=size, mode=mode, mtime_ns=mtime_ns)
         offset = self._members[-1].end if self._members else 0
         member = Member(header, offset, fmt.header_size(header), name,
-                        st.st_ino if st else 0, st.st_dev if st else 0, st.st_mtime_ns if st else 0)
+                        st.st_ino if st else 0, st.st_dev if st else 0, st.st_mtime_ns if st else 0,
+                        st.st_ctime_ns if st else 0)
         self._members.append(member)
         self._bodies.append(body)
         self._names.add(name)
@@ -273,7 +274,7 @@ class _File:
             raise _open_error(m, err) from None
         try:
             st = os.fstat(fd)
-            reason = _mismatch(m, st, check_size=True)
+            reason = _mismatch(m, st, is_file=True)
             if reason is None and st.st_dev != self.st.st_dev:
                 reason = "replaced by a file on another device"
             if reason:

@@ -175,10 +175,15 @@ class TapeReader:
         return data
 
     def _pread(self, m: Member, fd: int, size: int, start: int) -> bytes:
+        """``size`` body bytes from ``start``, and ``fd`` checked again after the read (as GNU
+        tar's "file changed as we read it"): a write that landed after the check before it
+        fails the request, so its bytes are never served, nor cached by the kernel."""
         data = os.pread(fd, size, start)
-        if len(data) != size:
+        st = os.fstat(fd)
+        if len(data) != size or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns or st.st_ctime_ns != m.ctime_ns:
+            short = f"short read: {len(data)} of {size} bytes at body offset {start}"
             raise SourceChangedError(
-                m.display_name, f"short read: {len(data)} of {size} bytes at body offset {start}"
+                m.display_name, f"changed while being read: {_mismatch(m, st, is_file=True) or short}"
             )
         return data
 
@@ -198,7 +203,7 @@ class TapeReader:
             return err.reason
         except OSError as err:
             return _open_failure(err)
-        return _mismatch(m, st, check_size=False)
+        return _mismatch(m, st, is_file=False)
 
     def close(self) -> None:
         if self._root_fd >= 0:
@@ -228,9 +233,10 @@ class TapeReader:
             if own:
                 folders.close()
         st = os.fstat(fd)
-        if st.st_ino != m.ino or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns or st.st_mode != _REG | m.mode:
+        if (st.st_ino != m.ino or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns
+                or st.st_ctime_ns != m.ctime_ns or st.st_mode != _REG | m.mode):
             os.close(fd)
-            raise SourceChangedError(m.display_name, _mismatch(m, st, check_size=True))
+            raise SourceChangedError(m.display_name, _mismatch(m, st, is_file=True))
         return fd
 
     def _lstat(self, source: bytes) -> os.stat_result:
@@ -304,17 +310,24 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 128 << 20)
 
 
-def _mismatch(m: Member, st: os.stat_result, check_size: bool) -> str | None:
-    if check_size and not stat.S_ISREG(st.st_mode):
+def _mismatch(m: Member, st: os.stat_result, is_file: bool) -> str | None:
+    """Why ``st`` is not what the index recorded for ``m``, or None. A regular file is
+    compared on type, inode, size, mtime, ctime and permission bits; other kinds on inode,
+    mtime and permission bits (a folder's ctime changes with every entry made in it)."""
+    if is_file and not stat.S_ISREG(st.st_mode):
         return "no longer a regular file"
     if st.st_ino != m.ino:
         return f"replaced by another file (inode {m.ino} -> {st.st_ino})"
-    if check_size and st.st_size != m.size:
+    if is_file and st.st_size != m.size:
         return f"size {m.size} -> {st.st_size} bytes"
     if st.st_mtime_ns != m.mtime_ns:
         return f"modified (mtime {m.mtime_ns} -> {st.st_mtime_ns} ns)"
     if stat.S_IMODE(st.st_mode) != m.mode:
         return f"permissions {m.mode:04o} -> {stat.S_IMODE(st.st_mode):04o}"
+    if is_file and st.st_ctime_ns != m.ctime_ns:
+        # Same inode, size and mtime: rewritten with its mtime put back, replaced by a new file
+        # that got the freed inode number, or its attributes (links, owner, xattrs) changed.
+        return f"rewritten or its metadata changed (ctime {m.ctime_ns} -> {st.st_ctime_ns} ns)"
     return None
 
 

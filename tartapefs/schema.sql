@@ -1,4 +1,4 @@
--- tartapefs index, format version 1.
+-- tartapefs index, format version 2 (2: ctime_ns).
 --
 -- One file per recorded tape. It is built in a temporary file next to its final
 -- place and renamed over it, so a reader sees either the old index or the new
@@ -29,6 +29,7 @@ CREATE TABLE members (
     linkname    BLOB,              -- symlink target, or the archive name a hard link points to
     ino         INTEGER NOT NULL,  -- lstat st_ino, checked before serving a body
     dev         INTEGER NOT NULL,  -- lstat st_dev, groups hard links at record time
+    ctime_ns    INTEGER NOT NULL,  -- lstat st_ctime_ns, checked before and after serving a body
     uid         INTEGER,           -- owner fields: NULL when anonymized (uid/gid 0, no names)
     gid         INTEGER,
     uname       BLOB,

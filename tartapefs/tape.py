@@ -187,7 +187,8 @@ class TapeRecorder:
             uname=_owner_name(st.st_uid, True) if self.keep_owner else b"",
             gname=_owner_name(st.st_gid, False) if self.keep_owner else b"",
         )
-        return Member(header, offset, fmt.header_size(header), entry.source, st.st_ino, st.st_dev, st.st_mtime_ns)
+        return Member(header, offset, fmt.header_size(header), entry.source, st.st_ino, st.st_dev, st.st_mtime_ns,
+                      st.st_ctime_ns)
 
 
 def open_or_record(

@@ -181,3 +181,92 @@ def test_mount_a_write_lease_on_a_source_file_is_eio_for_that_member_only_and_lo
     logged = [line for line in mount.log_text().splitlines() if "data/a.txt" in line]
     assert len(logged) == 1 and "lease" in logged[0], logged
 
+
+# --- finding 6: what the check compares: ctime too --------------------------------------------
+
+
+def rewrite_in_place_and_restore_mtime(path: Path) -> None:
+    """New bytes, same size, same inode, the old mtime put back: only ctime tells."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"N" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def recreate_with_the_same_inode(path: Path) -> None:
+    """Deleted, then a new file with the same size, mode and mtime made until the file system
+    hands out the freed inode number again (ext4 does at once)."""
+    st = os.stat(path)
+    os.unlink(path)
+    spares = []
+    try:
+        for attempt in range(64):
+            path.write_bytes(b"N" * st.st_size)
+            if os.stat(path).st_ino == st.st_ino:
+                break
+            spares.append(path.with_name(f"spare{attempt}"))
+            os.rename(path, spares[-1])  # keeps that inode number busy: the next try gets another
+        else:
+            pytest.skip("this file system never reused the inode number")
+    finally:
+        for spare in spares:
+            os.unlink(spare)
+    os.chmod(path, stat_mode(st))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def stat_mode(st: os.stat_result) -> int:
+    return st.st_mode & 0o7777
+
+
+@pytest.mark.parametrize("attack", [rewrite_in_place_and_restore_mtime, recreate_with_the_same_inode],
+                         ids=lambda f: f.__name__)
+@pytest.mark.index
+def test_a_file_changed_behind_the_same_inode_size_and_mtime_is_not_served(tmp_path, attack):
+    src = build_small_tree(tmp_path)
+    tape = record(src)
+    before = os.stat(src / "a.txt")
+    attack(src / "a.txt")
+    after = os.stat(src / "a.txt")
+    assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_mode) == \
+           (before.st_ino, before.st_size, before.st_mtime_ns, before.st_mode)
+    got = read_member(tape, "data/a.txt")
+    assert got.startswith("SourceChangedError") and "ctime" in got, got
+    verified = bounded([*TARTAPE, "verify", src])
+    assert verified.returncode == 1 and "data/a.txt" in verified.stdout, verified
+
+
+# --- finding 7: a write while the file is being read ---------------------------------------------
+
+
+@pytest.mark.index
+@pytest.mark.parametrize("whole", [True, False], ids=["whole_member", "body_only"])
+def test_a_write_landing_between_the_check_and_the_read_is_not_served(tmp_path, monkeypatch, whole):
+    """The race made certain: the file is written (and its mtime put back) just before the
+    reader's pread, after its first check passed. The bytes read are new; they must not be
+    served."""
+    from tartapefs import TapeReader
+    from tartapefs.errors import SourceChangedError
+
+    src = build_small_tree(tmp_path)
+    tape = record(src)
+    m = tape.locate("data/a.txt")
+    real_pread = os.pread
+    written = []
+
+    def racing_pread(fd: int, size: int, offset: int) -> bytes:
+        if size == m.size and not written:
+            rewrite_in_place_and_restore_mtime(src / "a.txt")
+            written.append(True)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", racing_pread)
+    offset, size = (m.offset, m.end - m.offset) if whole else (m.body_offset, m.size)
+    with TapeReader(tape) as reader:
+        try:
+            got = reader.read(offset, size)
+        except SourceChangedError as err:
+            assert err.member == "data/a.txt" and "while" in err.reason, err
+        else:
+            pytest.fail(f"served {got[:8]!r}... written after the check")
+    assert written
