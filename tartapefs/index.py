@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import urllib.parse
+import zlib
 from collections.abc import Iterable, Iterator
 from importlib import resources
 
@@ -20,17 +22,29 @@ from .errors import (
     IndexMissingError,
     IndexVersionError,
     TartapeError,
+    UsageError,
 )
 from .layout import BYTES_VERSION, Member, archive_name
 
 FORMAT = "tartapefs-index"
-FORMAT_VERSION = 2  # 2: ctime_ns recorded (an index without it cannot detect a rewrite in place)
+#: 2: ctime_ns recorded (an index without it cannot detect a rewrite in place).
+#: 3: mtimes as seconds + nanoseconds (past 2262 too), signed inode numbers, a CRC-32 of
+#: the whole file in the SQLite header.
+FORMAT_VERSION = 3
 
 _KIND_CODE = {fmt.FILE: 0, fmt.HARDLINK: 1, fmt.SYMLINK: 2, fmt.DIR: 5}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
 _COLUMNS = (
-    "offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, ctime_ns, uid, gid, uname, gname"
+    "offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid, "
+    "uname, gname"
 )
+_NS = 1_000_000_000
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+# The CRC-32 of the file sits in SQLite's header field user_version, which SQLite
+# leaves to applications: 4 big-endian bytes at this offset.
+_CRC_AT = 60
+_CHUNK = 1 << 20
 _SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _REQUIRED_META = ("format_version", "total_size", "member_count", "fingerprint", "source_root", "prefix")
 
@@ -38,46 +52,72 @@ _REQUIRED_META = ("format_version", "total_size", "member_count", "fingerprint",
 class Index:
     """A recorded tape's index, opened read-only.
 
-    Not thread-safe: give each thread (each reader) its own ``Index``.
+    One connection, pinned to the file it opened: a recording renamed over the
+    path later is never read through it. It may be shared by readers in several
+    threads (SQLite serializes the calls). The whole file is checked against its
+    CRC-32 at open (about 0.2 s for a 1M-member index on a busy 2-vCPU machine).
     Raises :class:`IndexMissingError`, :class:`IndexCorruptError` or
     :class:`IndexVersionError` when the file cannot serve as an index.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if not os.path.exists(path):
-            raise IndexMissingError(f"{path}: no index there")
+        fd = _open_regular(path)
+        try:
+            self._db = self._connect(fd)
+            try:
+                self.meta = self._checked_meta()
+                _check_crc(path, fd)
+            except BaseException:
+                self._close_quietly()
+                raise
+        finally:
+            os.close(fd)
+        self.prefix: bytes = bytes(self.meta["prefix"])
+        self.total_size: int = self.meta["total_size"]
+        self.member_count: int = self.meta["member_count"]
+
+    def _connect(self, fd: int) -> sqlite3.Connection:
+        """A connection to the very file ``fd`` holds open (the one checked)."""
+        path = self.path
         # immutable=1: an index is never changed in place (a new one is renamed
         # over it), so SQLite may skip locking; this connection keeps reading
         # the file it opened even after such a rename.
         uri = "file:%s?mode=ro&immutable=1" % urllib.parse.quote(os.path.abspath(path))
         try:
-            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            rows = self._db.execute("SELECT key, value FROM meta").fetchall()
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         except sqlite3.DatabaseError as err:
-            self._close_quietly()
             raise IndexCorruptError(f"{path}: not a readable tartapefs index ({err})") from None
-        self.meta = dict(rows)
-        if self.meta.get("format") != FORMAT:
-            self._close_quietly()
+        try:
+            same = _identity(os.stat(path)) == _identity(os.fstat(fd))
+        except OSError:
+            same = False
+        if not same:  # renamed over between our open and SQLite's: never mix the two
+            db.close()
+            raise IndexCorruptError(f"{path}: replaced while it was being opened (recorded again?); try again")
+        return db
+
+    def _checked_meta(self) -> dict:
+        path = self.path
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as err:
+            raise IndexCorruptError(f"{path}: not a readable tartapefs index ({err})") from None
+        if meta.get("format") != FORMAT:
             raise IndexCorruptError(f"{path}: not a tartapefs index (an SQLite file of something else)")
         for key, ours, what in (
             ("format_version", FORMAT_VERSION, "index format"),
             ("bytes_version", BYTES_VERSION, "byte rules"),
         ):
-            if self.meta.get(key) != ours:
-                self._close_quietly()
+            if meta.get(key) != ours:
                 raise IndexVersionError(
-                    f"{path}: {what} version {self.meta.get(key)}, this tartapefs uses version "
+                    f"{path}: {what} version {meta.get(key)}, this tartapefs uses version "
                     f"{ours}; record the tape again with this version"
                 )
-        missing = [key for key in _REQUIRED_META if key not in self.meta]
+        missing = [key for key in _REQUIRED_META if key not in meta]
         if missing:
-            self._close_quietly()
             raise IndexCorruptError(f"{path}: damaged index (missing {', '.join(missing)})")
-        self.prefix: bytes = bytes(self.meta["prefix"])
-        self.total_size: int = self.meta["total_size"]
-        self.member_count: int = self.meta["member_count"]
+        return meta
 
     # -- lookups ---------------------------------------------------------
 
@@ -125,13 +165,21 @@ class Index:
     def _query(self, sql: str, args: tuple) -> list[tuple]:
         try:
             return self._db.execute(sql, args).fetchall()
+        except sqlite3.ProgrammingError:
+            raise UsageError(f"{self.path}: the tape was closed") from None
         except sqlite3.DatabaseError as err:
             raise IndexCorruptError(f"{self.path}: damaged index ({err})") from None
 
     def _member(self, row: tuple) -> Member:
         # On every read path: positional construction, it is measurably faster.
-        (offset, header_size, kind, source, size, mode, mtime_ns, linkname, ino, dev, ctime_ns, uid, gid, uname, gname) = row
+        (offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid,
+         uname, gname) = row
         kind = _CODE_KIND[kind]
+        mtime_ns = mtime_s * _NS + mtime_nsec
+        if ino < 0:
+            ino += _U64
+        if dev < 0:
+            dev += _U64
         header = fmt.Header(
             archive_name(self.prefix, source, kind),
             kind,
@@ -189,8 +237,9 @@ class IndexWriter:
         if keep_owner:
             columns = _COLUMNS
             rows = (
-                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
-                 h.linkname or None, m.ino, m.dev, m.ctime_ns, h.uid, h.gid, h.uname, h.gname)
+                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns // _NS,
+                 m.mtime_ns % _NS, h.linkname or None, _signed(m.ino), _signed(m.dev), m.ctime_ns, h.uid, h.gid,
+                 h.uname, h.gname)
                 for m in members
                 for h in (m.header,)
             )
@@ -198,8 +247,8 @@ class IndexWriter:
             # (binding four NULLs per row cost 1.5 us of the 4.2 us an insert took)
             columns = _COLUMNS.rsplit(", uid", 1)[0]
             rows = (
-                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns,
-                 h.linkname or None, m.ino, m.dev, m.ctime_ns)
+                (m.offset, m.header_size, code[h.kind], m.source, h.size, h.mode, m.mtime_ns // _NS,
+                 m.mtime_ns % _NS, h.linkname or None, _signed(m.ino), _signed(m.dev), m.ctime_ns)
                 for m in members
                 for h in (m.header,)
             )
@@ -220,11 +269,7 @@ class IndexWriter:
 
         self._write(finish)
         try:
-            fd = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            seal(self._tmp)
             os.replace(self._tmp, self.path)
             dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -256,11 +301,64 @@ class IndexWriter:
     def _write(self, action) -> None:
         try:
             action()
-        except (OSError, sqlite3.Error) as err:
+        except (OSError, sqlite3.Error, OverflowError) as err:
             self.abort()
             raise TartapeError(
                 f"{self.path}: cannot write the index ({_reason(err)}); the previous index is unchanged"
             ) from None
+
+
+def seal(path: str) -> None:
+    """Write the CRC-32 of the index file at ``path`` into its header and make the file
+    durable: the last step of writing an index. (Damage detection, not a signature:
+    whoever can write the file can seal it again.) Raises OSError."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.pwrite(fd, _crc(fd).to_bytes(4, "big"), _CRC_AT)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _signed(value: int) -> int:
+    """An unsigned 64-bit value (st_ino, st_dev) as the signed one SQLite can store."""
+    return value - _U64 if value > _I64_MAX else value
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of the index file; O_NONBLOCK so that a FIFO in its place cannot block."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise IndexMissingError(f"{path}: no index there") from None
+    except OSError as err:
+        raise IndexCorruptError(f"{path}: cannot open the index ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IndexCorruptError(f"{path}: not a tartapefs index (not a regular file)")
+    return fd
+
+
+def _crc(fd: int) -> int:
+    """CRC-32 of the whole file but the 4 bytes that hold it."""
+    crc, offset = 0, 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        if offset == 0:
+            chunk = chunk[:_CRC_AT] + chunk[_CRC_AT + 4 :]
+        crc = zlib.crc32(chunk, crc)
+        offset += _CHUNK
+    return crc
+
+
+def _check_crc(path: str, fd: int) -> None:
+    stored = int.from_bytes(os.pread(fd, 4, _CRC_AT), "big")
+    if _crc(fd) != stored:
+        raise IndexCorruptError(f"{path}: damaged index (its checksum does not match its content); "
+                                "record the tape again")
 
 
 def _reason(err: BaseException) -> str:

@@ -52,19 +52,20 @@ class TapeReader:
     """Random access to a tape's bytes. Not thread-safe: one reader per thread.
 
     ``source_root`` defaults to the folder the tape was recorded from. Between
-    calls a reader holds two descriptors: the source root and its index.
+    calls a reader holds one descriptor, the source root; it queries the tape's
+    own index connection, so it serves the recording the tape opened, even after
+    the folder was recorded again. Close the tape after its readers.
     """
 
     def __init__(self, tape, source_root: str | None = None) -> None:
         self.tape = tape
         self.total_size: int = tape.total_size
         self._footer = tape.total_size - len(fmt.FOOTER)
-        self._index = tape.open_index()
+        self._index = tape.index  # the tape's own: the recording it opened
         root = source_root or tape.source_root
         try:
             self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
-            self._index.close()
             raise UsageError(f"{root}: cannot open the source folder ({err.strerror})") from None
         self._window: list[Member] = []
         self._starts: list[int] = []
@@ -209,7 +210,6 @@ class TapeReader:
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
-        self._index.close()
 
     def __enter__(self) -> TapeReader:
         return self

@@ -1,8 +1,11 @@
--- tartapefs index, format version 2 (2: ctime_ns).
+-- tartapefs index, format version 3 (2: ctime_ns; 3: mtimes in two columns, CRC-32).
 --
 -- One file per recorded tape. It is built in a temporary file next to its final
 -- place and renamed over it, so a reader sees either the old index or the new
 -- one, never half of one; an open connection keeps reading the file it opened.
+--
+-- The header's user_version (4 bytes at offset 60) holds a CRC-32 of every other
+-- byte of the file, written last: a file damaged anywhere is refused at open.
 
 -- Tape metadata, one row per key: format, format_version, bytes_version,
 -- total_size, member_count, fingerprint, mtime, source_root, prefix,
@@ -25,10 +28,13 @@ CREATE TABLE members (
     source      BLOB    NOT NULL,  -- path relative to the source root, raw bytes; '' = the root
     size        INTEGER NOT NULL,  -- body bytes (0 unless a regular file)
     mode        INTEGER NOT NULL,  -- permission bits (st_mode & 0o7777)
-    mtime_ns    INTEGER NOT NULL,  -- lstat st_mtime_ns; the header holds floor(mtime_ns / 1e9)
+    mtime_s     INTEGER NOT NULL,  -- lstat st_mtime_ns split in two: floor(ns / 1e9), the header's
+    mtime_nsec  INTEGER NOT NULL,  -- seconds, and the rest 0..999999999 (ns from 2262 on, and
+                                   -- before 1677, do not fit one signed 64-bit INTEGER)
     linkname    BLOB,              -- symlink target, or the archive name a hard link points to
-    ino         INTEGER NOT NULL,  -- lstat st_ino, checked before serving a body
-    dev         INTEGER NOT NULL,  -- lstat st_dev, groups hard links at record time
+    ino         INTEGER NOT NULL,  -- lstat st_ino, checked before serving a body; stored as a
+                                   -- signed 64-bit value (st_ino may use all 64 bits)
+    dev         INTEGER NOT NULL,  -- lstat st_dev, groups hard links at record time (signed too)
     ctime_ns    INTEGER NOT NULL,  -- lstat st_ctime_ns, checked before and after serving a body
     uid         INTEGER,           -- owner fields: NULL when anonymized (uid/gid 0, no names)
     gid         INTEGER,

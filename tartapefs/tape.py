@@ -32,7 +32,8 @@ _INDEX_DIR_BYTES = INDEX_DIR.encode()
 
 
 class Tape:
-    """A recorded tape, opened from its index.
+    """A recorded tape, opened from its index: pinned to that recording (every reader
+    and player made from it serves its bytes, whatever is recorded since).
 
     ``total_size`` (bytes), ``member_count``, ``fingerprint`` (hex SHA-256 of
     everything that decides the bytes), ``mtime`` (seconds: the newest member's
@@ -73,9 +74,11 @@ class Tape:
             )
         return self
 
-    def open_index(self) -> Index:
-        """A new connection to this tape's index, for a reader of its own."""
-        return Index(self.index_path)
+    @property
+    def index(self) -> Index:
+        """This tape's one index connection, pinned to the recording it opened: its
+        readers and players share it, so a recording made since never reaches them."""
+        return self._index
 
     def members(self, start: int = 0) -> Iterator[Member]:
         """Members in tape order, from the one holding byte ``start``."""

@@ -255,7 +255,7 @@ def test_a_corrupted_index_is_a_one_line_error(recorded, command):
     assert proc.stdout == b""
 
 
-@pytest.mark.parametrize("command", ["ls", "stream", "verify"])
+@pytest.mark.parametrize("command", ["ls", "stream", "verify", "info"])
 def test_an_index_damaged_in_the_middle_is_a_one_line_error(hard_tree, tmp_path, command):
     index = tmp_path / "i.db"
     ok("record", hard_tree.root, "--index", index)
@@ -263,6 +263,20 @@ def test_an_index_damaged_in_the_middle_is_a_one_line_error(hard_tree, tmp_path,
         fh.seek(4096)
         fh.write(b"Z" * (os.path.getsize(index) - 8192))
     assert_user_error(tartape(command, hard_tree.root, "--index", index))
+
+
+def test_info_refuses_an_index_with_one_damaged_page(hard_tree, tmp_path):
+    """`info` reads only the tape's metadata: the damage check at open must catch the rest."""
+    index = tmp_path / "i.db"
+    ok("record", hard_tree.root, "--index", index)
+    pages = os.path.getsize(index) // 4096
+    assert pages >= 4
+    with open(index, "r+b") as fh:
+        fh.seek(pages // 2 * 4096)
+        fh.write(b"Z" * 4096)
+    proc = tartape("info", hard_tree.root, "--index", index)
+    assert_user_error(proc)
+    assert proc.stdout == b"" and b"damaged index" in proc.stderr
 
 
 def test_an_index_of_another_folder_is_a_one_line_error(recorded, tmp_path):

@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -414,6 +415,17 @@ def _bad_case(tmp_path: Path, mounts: Mounts, case: str) -> tuple[list[Path], st
         (src / ".tartape").mkdir(exist_ok=True)
         (src / ".tartape" / "index.db").write_bytes(b"not an index" * 100)
         return [src, mnt], "index.db"
+    if case == "index damaged inside":
+        index = tmp_path / "damaged.db"
+        subprocess.run([*TARTAPE, "record", str(src), "--index", str(index)], check=True, capture_output=True)
+        with sqlite3.connect(index) as db:  # the members' page; their metadata stays readable
+            page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'members'").fetchone()[0]
+            size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.close()
+        with open(index, "r+b") as fh:
+            fh.seek((page - 1) * size + 100)
+            fh.write(b"Z" * 1024)
+        return [src, mnt, "--index", index], "damaged index"
     if case == "mount point not empty":
         (mnt / "precious.txt").write_text("would be hidden")
         return [src, mnt], "not empty"
@@ -441,7 +453,7 @@ def _files_below(top: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("case", ["missing source", "source is a file", "missing mount point",
                                   "mount point is a file", "already mounted",
-                                  "mount point hides the source", "corrupt index",
+                                  "mount point hides the source", "corrupt index", "index damaged inside",
                                   "mount point not empty", "index of another source",
                                   "unknown option"])
 def test_bad_input_gives_one_line_and_nonzero_exit(mounts, tmp_path, case):
