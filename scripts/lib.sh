@@ -11,8 +11,10 @@ TT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # against them), and the real readers the mount tests and the demo drive: GNU tar, bsdtar,
 # rsync, rclone, nginx (serving the mount over HTTP; the tests start their own on loopback),
 # systemd-analyze to check the unit file, and age (the stock age and age-keygen, which must decrypt
-# what the encrypting reader writes).
-TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd age)
+# what the encrypting reader writes). gcc, the C library's and Python's headers build pyfuse3 and
+# tartapefs' own C extension (without them tartapefs installs and runs its pure-Python path).
+TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd age
+    gcc libc6-dev python3-dev)
 
 # Minimum Python for the virtualenv (pyproject.toml says requires-python >= 3.11).
 TT_PYTHON_MIN=(3 11)
@@ -69,14 +71,15 @@ tt_find_python() {
 }
 
 # Creates REPO/.venv and installs the project editable with its fuse, age and test extras.
-# The install is redone only when pyproject.toml changes, or the package gains or loses its
-# __init__.py (setuptools' editable finder records a package without one as a namespace, and
-# the import then fails); source changes otherwise need no reinstall.
+# The install is redone only when pyproject.toml, setup.py or the C sources (csrc/) change
+# (the C extension is compiled by the install), or the package gains or loses its __init__.py
+# (setuptools' editable finder records a package without one as a namespace, and the import
+# then fails); Python source changes otherwise need no reinstall.
 tt_venv_setup() {
     local venv="$TT_REPO/.venv" stamp want python
     stamp="$venv/.tartapefs-installed"
-    want=$( { cat "$TT_REPO/pyproject.toml"; ls "$TT_REPO"/*/__init__.py 2>/dev/null; } |
-        sha256sum | cut -d' ' -f1)
+    want=$( { cat "$TT_REPO/pyproject.toml" "$TT_REPO/setup.py" "$TT_REPO"/csrc/*;
+        ls "$TT_REPO"/*/__init__.py 2>/dev/null; } | sha256sum | cut -d' ' -f1)
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
@@ -86,5 +89,8 @@ tt_venv_setup() {
     fi
     tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$TT_REPO[fuse,age,test]"
+    # pip hides the build's own line when the C extension could not be built: say it here.
+    env -u TARTAPEFS_PURE "$venv/bin/python" -c \
+        'import sys, tartapefs.native as n; n.module or print("tartapefs:", n.ACTIVE, file=sys.stderr)'
     echo "$want" >"$stamp"
 }

@@ -13,7 +13,7 @@ import stat
 import sys
 from collections.abc import Callable
 
-from . import __version__, extract
+from . import __version__, extract, native
 from .errors import UsageError, show_path
 from .process import OneLineParser, Progress, log_to_stderr, run_main
 from .reader import TapeReader, tune_malloc
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tartape", description="A folder as a TAR archive that is never written.")
-    parser.add_argument("--version", action="version", version=f"tartape {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"tartape {__version__}; per-member loops: {native.ACTIVE}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def command(name: str, run, help: str) -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ import os
 import stat
 
 from . import format as fmt
+from . import native
 from .errors import IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, UsageError
 from .layout import Member, locate
 
@@ -45,7 +46,6 @@ _WINDOW = 64  # members fetched per index query
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REG = stat.S_IFREG
-encode_header = fmt.encode_header
 
 
 class TapeReader:
@@ -61,6 +61,7 @@ class TapeReader:
         self.tape = tape
         self.total_size: int = tape.total_size
         self._footer = tape.total_size - len(fmt.FOOTER)
+        self._encode_header = header_encoder()
         self._index = tape.index  # the tape's own: the recording it opened
         root = source_root or tape.source_root
         try:
@@ -166,7 +167,7 @@ class TapeReader:
         return self._window[0]
 
     def _header_bytes(self, m: Member) -> bytes:
-        data = encode_header(m.header)
+        data = self._encode_header(m.header)
         if len(data) != m.header_size:
             # Every later offset depends on this size: never serve a shifted tape.
             raise IndexCorruptError(
@@ -289,6 +290,21 @@ class _Folders:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def header_encoder():
+    """``encode_header(h) -> bytes`` of the active path: the compiled plain ustar block
+    where it applies (the common member), format.encode_header for everything else."""
+    c = native.module
+    if c is None:
+        return fmt.encode_header
+    plain, general = c.header, fmt.encode_header
+
+    def encode_header(h: fmt.Header) -> bytes:
+        data = plain(h)
+        return general(h) if data is None else data
+
+    return encode_header
 
 
 def tune_malloc() -> None:

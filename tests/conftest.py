@@ -6,8 +6,9 @@ temporary trees and indexes, no FUSE) or ``mount`` (real mounts: skipped where
 this machine cannot mount). ``slow`` marks the long ones on top of their tier.
 ``scripts/test -m pure`` runs the pure tier alone; the default run runs all.
 
-Sections: the tiers, core fixtures (real trees recorded without FUSE), then
-mount fixtures.
+Sections: the tiers, core fixtures (real trees recorded without FUSE), mount
+fixtures, then the fixture that runs a test on both paths of the per-member loops
+(pure Python and C).
 """
 
 from __future__ import annotations
@@ -136,3 +137,20 @@ def world_mounts(world_dir: Path):
     m = Mounts(world_dir)
     yield m
     m.stop_all()
+
+
+# === the two paths of the per-member loops ====================================================
+
+
+@pytest.fixture(params=["pure", "compiled"])
+def hot_path(request, monkeypatch):
+    """Runs a test once on each path of the per-member loops (tartapefs.native): the
+    pure-Python reference, and the C extension (skipped where it is not in use). Readers and
+    recorders choose their path when they are made, so the test's own objects follow it."""
+    from tartapefs import native
+
+    if request.param == "pure":
+        monkeypatch.setattr(native, "module", None)
+    elif native.module is None:
+        pytest.skip(f"the C extension is not in use: {native.ACTIVE}")
+    return request.param

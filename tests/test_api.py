@@ -21,7 +21,8 @@ from tartapefs.tape import open_or_record
 from trees import (PRE_1970, archive_of, build_deep_tree, build_hard_tree, expected_names, record,
                    snapshot)
 
-pytestmark = pytest.mark.index
+# Every test here runs on both paths of the per-member loops (pure Python and C).
+pytestmark = [pytest.mark.index, pytest.mark.usefixtures("hot_path")]
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 

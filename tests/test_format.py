@@ -10,44 +10,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from strategies import headers
 from tartapefs import format as fmt
 
 pytestmark = pytest.mark.pure
-
-NAME_BYTES = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\0", b"x").replace(b"/", b"_"))
-
-
-@st.composite
-def names(draw, max_parts=120):
-    parts = draw(st.lists(NAME_BYTES, min_size=1, max_size=max_parts))
-    name = b"/".join(p if p not in (b".", b"..") else b"x" for p in parts)
-    return name
-
-
-@st.composite
-def headers(draw, small_size=False):
-    kind = draw(st.sampled_from(fmt.KINDS))
-    name = draw(names())
-    if kind == fmt.DIR:
-        name += b"/"
-    size = 0
-    if kind == fmt.FILE:
-        size = draw(st.integers(0, 4096) if small_size else st.integers(0, 2**40))
-    linkname = b""
-    if kind in (fmt.SYMLINK, fmt.HARDLINK):
-        linkname = draw(names(max_parts=12))
-    return fmt.Header(
-        name=name,
-        kind=kind,
-        size=size,
-        mode=draw(st.integers(0, 0o7777)),
-        mtime_ns=draw(st.integers(-(2**40), 2**40)) * 10**9 + draw(st.sampled_from([0, 0, 1, 5 * 10**8, 10**9 - 1])),
-        linkname=linkname,
-        uid=draw(st.integers(0, 2**32)),
-        gid=draw(st.integers(0, 2**32)),
-        uname=draw(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"u"))),
-        gname=draw(st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"g"))),
-    )
 
 
 def parse_first(data: bytes) -> tarfile.TarInfo:

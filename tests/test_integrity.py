@@ -12,7 +12,8 @@ from tartapefs import TapePlayer, TapeReader
 from tartapefs.errors import SourceChangedError
 from trees import archive_of, record
 
-pytestmark = pytest.mark.index
+# Every test here runs on both paths of the per-member loops (pure Python and C).
+pytestmark = [pytest.mark.index, pytest.mark.usefixtures("hot_path")]
 
 
 @pytest.fixture
