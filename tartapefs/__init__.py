@@ -12,6 +12,7 @@ from .encrypt import AgeUnavailableError as AgeUnavailableError  # noqa: E402
 from .encrypt import EncryptedReader as EncryptedReader  # noqa: E402
 from .encrypt import EncryptionState as EncryptionState  # noqa: E402
 from .encrypt import load_recipients as load_recipients  # noqa: E402
+from .bytesource import ByteSource as ByteSource  # noqa: E402
 from .errors import ArchiveError as ArchiveError  # noqa: E402
 from .errors import SourceBusyError as SourceBusyError  # noqa: E402
 from .errors import SourceChangedError as SourceChangedError  # noqa: E402
@@ -19,15 +20,19 @@ from .errors import SourceError as SourceError  # noqa: E402
 from .errors import StreamSizeError as StreamSizeError  # noqa: E402
 from .errors import TartapeError as TartapeError  # noqa: E402
 from .memtape import MemoryTape as MemoryTape  # noqa: E402
+from .plan import PlanOptions as PlanOptions  # noqa: E402
 from .ratarindex import write_ratarmount_index as write_ratarmount_index  # noqa: E402
 from .reader import TapeReader as TapeReader  # noqa: E402
+from .record import TapeRecorder as TapeRecorder  # noqa: E402
 from .stream import TapePlayer as TapePlayer  # noqa: E402
+from .tape import Recording as Recording  # noqa: E402
 from .tape import Tape as Tape  # noqa: E402
-from .tape import TapeRecorder as TapeRecorder  # noqa: E402
+from .tape import Volume as Volume  # noqa: E402
 
 __all__ = [
-    "AgeUnavailableError", "ArchiveError", "EncryptedReader", "EncryptionState", "MemoryTape", "Recipient",
-    "RecipientError", "SourceBusyError", "SourceChangedError", "SourceError", "StreamSizeError", "Tape",
-    "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "__version__", "load_recipients",
+    "AgeUnavailableError", "ArchiveError", "ByteSource", "EncryptedReader", "EncryptionState", "MemoryTape",
+    "PlanOptions", "Recipient", "RecipientError", "Recording", "SourceBusyError", "SourceChangedError",
+    "SourceError", "StreamSizeError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "Volume",
+    "__version__", "load_recipients",
     "write_ratarmount_index",
 ]

@@ -1,8 +1,10 @@
-"""SQLite persistence of a tape: every SQL statement of the project lives here.
+"""SQLite persistence of a recording: every SQL statement of the project lives here.
 
 ``IndexWriter`` builds an index in a temporary file and renames it into place;
-``Index`` opens one read-only and answers lookups by offset and by name. Both
-speak :class:`~tartapefs.layout.Member`, never rows.
+``Index`` opens one read-only and answers lookups by offset and by name, on the
+global line of all tapes or through one tape's window (:class:`TapeRows`).
+They speak :class:`~tartapefs.layout.Member` and
+:class:`~tartapefs.plan.PlannedTape`, never rows.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from .errors import (
     UsageError,
 )
 from .layout import BYTES_VERSION, Member, archive_name
+from .plan import PlannedTape
 
 FORMAT = "tartapefs-index"
 #: 2: ctime_ns recorded (an index without it cannot detect a rewrite in place).
 #: 3: mtimes as seconds + nanoseconds (past 2262 too), signed inode numbers, a CRC-32 of
 #: the whole file in the SQLite header.
-FORMAT_VERSION = 3
+#: 4: several tapes per recording (the tapes table, global offsets).
+FORMAT_VERSION = 4
 
 _KIND_CODE = {fmt.FILE: 0, fmt.HARDLINK: 1, fmt.SYMLINK: 2, fmt.DIR: 5}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
@@ -46,7 +50,8 @@ _I64_MAX = (1 << 63) - 1
 _CRC_AT = 60
 _CHUNK = 1 << 20
 _SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
-_REQUIRED_META = ("format_version", "total_size", "member_count", "fingerprint", "source_root", "prefix")
+_REQUIRED_META = ("format_version", "member_count", "tape_count", "source_root", "prefix")
+_TAPE_COLUMNS = "number, name, start, total_size, member_count, fingerprint, mtime, nsamples"
 
 
 class Index:
@@ -74,7 +79,6 @@ class Index:
         finally:
             os.close(fd)
         self.prefix: bytes = bytes(self.meta["prefix"])
-        self.total_size: int = self.meta["total_size"]
         self.member_count: int = self.meta["member_count"]
 
     def _connect(self, fd: int) -> sqlite3.Connection:
@@ -121,28 +125,52 @@ class Index:
 
     # -- lookups ---------------------------------------------------------
 
-    def members_from(self, offset: int, limit: int) -> list[Member]:
-        """Up to ``limit`` members in tape order, starting with the one holding ``offset``."""
+    def tapes(self) -> list[PlannedTape]:
+        """The planned tapes in order; IndexCorruptError unless they lie back to back from 0."""
+        rows = self._query(f"SELECT {_TAPE_COLUMNS} FROM tapes ORDER BY number", ())
+        tapes = [PlannedTape(n, os.fsdecode(bytes(name)), *rest) for n, name, *rest in rows]
+        end = 0
+        for number, tape in enumerate(tapes):
+            if tape.number != number or tape.start != end or tape.total_size < len(fmt.FOOTER):
+                raise IndexCorruptError(f"{self.path}: damaged index (tape {number} out of place)")
+            end = tape.start + tape.total_size
+        if len(tapes) != self.meta["tape_count"] or not tapes:
+            raise IndexCorruptError(f"{self.path}: damaged index ({len(tapes)} tapes listed)")
+        return tapes
+
+    def members_from(self, offset: int, limit: int, base: int = 0, end: int | None = None) -> list[Member]:
+        """Up to ``limit`` members in order, starting with the one holding ``offset``.
+
+        Offsets are counted from ``base`` (a tape's start; 0: the global line), and
+        only members starting before ``end`` (global) are returned.
+        """
         rows = self._query(
             f"SELECT {_COLUMNS} FROM members WHERE offset >= "
-            "(SELECT max(offset) FROM members WHERE offset <= ?) ORDER BY offset LIMIT ?",
-            (offset, limit),
+            "(SELECT max(offset) FROM members WHERE offset <= ?) AND offset < ? ORDER BY offset LIMIT ?",
+            (offset + base, _END if end is None else end, limit),
         )
-        return [self._member(row) for row in rows]
+        return [self._member(row, base) for row in rows]
 
-    def iter_members(self, start: int = 0, batch: int = 2048) -> Iterator[Member]:
-        """Every member from the one holding byte ``start`` to the end, in tape order."""
-        members = self.members_from(start, batch)
+    def iter_members(self, start: int = 0, base: int = 0, end: int | None = None,
+                     batch: int = 2048) -> Iterator[Member]:
+        """Every member from the one holding byte ``start`` to ``end``, in order (offsets from ``base``)."""
+        members = self.members_from(start, batch, base, end)
         while members:
             yield from members
-            members = self._query(
-                f"SELECT {_COLUMNS} FROM members WHERE offset > ? ORDER BY offset LIMIT ?",
-                (members[-1].offset, batch),
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM members WHERE offset > ? AND offset < ? ORDER BY offset LIMIT ?",
+                (members[-1].offset + base, _END if end is None else end, batch),
             )
-            members = [self._member(row) for row in members]
+            members = [self._member(row, base) for row in rows]
 
-    def find(self, name: bytes) -> Member | None:
-        """The member whose archive name is ``name`` (a trailing ``/`` is optional)."""
+    def find(self, name: bytes, base: int = 0, end: int | None = None) -> Member | None:
+        """The first member in ``[base, end)`` whose archive name is ``name`` (a trailing
+        ``/`` is optional), its offset counted from ``base``."""
+        found = self.find_all(name, base, end, limit=1)
+        return found[0] if found else None
+
+    def find_all(self, name: bytes, base: int = 0, end: int | None = None, limit: int = 1 << 20) -> list[Member]:
+        """Every member in ``[base, end)`` named ``name`` (a folder repeated by shards has several)."""
         name = name.rstrip(b"/")
         prefix = self.prefix
         if prefix:
@@ -151,11 +179,15 @@ class Index:
             elif name.startswith(prefix + b"/"):
                 source = name[len(prefix) + 1 :]
             else:
-                return None
+                return []
         else:
             source = name
-        rows = self._query(f"SELECT {_COLUMNS} FROM members WHERE source = ? LIMIT 1", (source,))
-        return self._member(rows[0]) if rows else None
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM members WHERE source = ? AND offset >= ? AND offset < ? "
+            "ORDER BY offset LIMIT ?",
+            (source, base, _END if end is None else end, limit),
+        )
+        return [self._member(row, base) for row in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -170,7 +202,7 @@ class Index:
         except sqlite3.DatabaseError as err:
             raise IndexCorruptError(f"{self.path}: damaged index ({err})") from None
 
-    def _member(self, row: tuple) -> Member:
+    def _member(self, row: tuple, base: int = 0) -> Member:
         # On every read path: positional construction, it is measurably faster.
         (offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid,
          uname, gname) = row
@@ -192,7 +224,7 @@ class Index:
             uname or b"",
             gname or b"",
         )
-        return Member(header, offset, header_size, source, ino, dev, mtime_ns, ctime_ns)
+        return Member(header, offset - base, header_size, source, ino, dev, mtime_ns, ctime_ns)
 
     def _close_quietly(self) -> None:
         try:
@@ -254,6 +286,13 @@ class IndexWriter:
             )
         count = columns.count(",") + 1
         sql = f"INSERT INTO members ({columns}) VALUES ({','.join('?' * count)})"
+        self._write(lambda: self._db.executemany(sql, rows))
+
+    def add_tapes(self, tapes: Iterable[PlannedTape]) -> None:
+        """Insert the planned tapes."""
+        rows = [(t.number, os.fsencode(t.name), t.start, t.total_size, t.member_count, t.fingerprint,
+                 t.mtime, t.nsamples) for t in tapes]
+        sql = f"INSERT INTO tapes ({_TAPE_COLUMNS}) VALUES ({','.join('?' * 8)})"
         self._write(lambda: self._db.executemany(sql, rows))
 
     def commit(self, meta: dict) -> None:
@@ -359,6 +398,35 @@ def _check_crc(path: str, fd: int) -> None:
     if _crc(fd) != stored:
         raise IndexCorruptError(f"{path}: damaged index (its checksum does not match its content); "
                                 "record the tape again")
+
+
+class TapeRows:
+    """One tape's rows: an :class:`Index` connection seen through the tape's window
+    ``[start, start + total_size)`` of the global line, offsets counted from the
+    tape's first byte. What a reader of one tape uses; the connection is the
+    recording's (pinned to the file it opened), which closes it."""
+
+    def __init__(self, index: Index, start: int, total_size: int) -> None:
+        self.index = index
+        self.path = index.path
+        self.start = start
+        self.end = start + total_size
+
+    def members_from(self, offset: int, limit: int) -> list[Member]:
+        return self.index.members_from(offset, limit, self.start, self.end)
+
+    def iter_members(self, start: int = 0) -> Iterator[Member]:
+        return self.index.iter_members(start, self.start, self.end)
+
+    def find(self, name: bytes) -> Member | None:
+        return self.index.find(name, self.start, self.end)
+
+    def close(self) -> None:
+        pass  # the recording's connection: it closes it
+
+
+# Past every global offset (an SQLite INTEGER is at most 2**63 - 1).
+_END = (1 << 63) - 1
 
 
 def _reason(err: BaseException) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import TartapeError, UsageError, show_path
-from .tape import state_dir
+from .record import state_dir
 
 log = logging.getLogger("tartapefs.mount")
 

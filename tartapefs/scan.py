@@ -53,8 +53,12 @@ def walk(
     exclude: Callable[[bytes, bytes], bool] | None = None,
     skip: Callable[[bytes], bool] | None = None,
     progress: Callable[[int], None] | None = None,
+    order: Callable[[bytes, bool], object] | None = None,
 ) -> Iterator[Entry]:
     """Yield the root directory, then everything below it, in tape order.
+
+    ``order(name, is_dir)``, if given, is the sort key of a folder's entries
+    instead of their name's bytes (sharded recordings keep samples together).
 
     ``exclude(source, name)`` and ``skip(source)`` leave entries out (skip is
     for tartapefs' own files, silently). Sockets, FIFOs and device nodes are
@@ -81,7 +85,7 @@ def walk(
     try:
         root_st = os.fstat(root_fd)
         yield Entry(b"", fmt.DIR, root_st)
-        stack.append((root_fd, b"", _sorted_names(root_fd, b""), root_st.st_dev))
+        stack.append((root_fd, b"", _sorted_names(root_fd, b"", order), root_st.st_dev))
         root_fd = -1  # owned by the stack now
         while stack:
             dir_fd, dir_source, names, dir_dev = stack[-1]
@@ -127,7 +131,7 @@ def walk(
                     _unreadable(unreadable, source, err.strerror.lower())
                     continue
                 yield Entry(source, fmt.DIR, st)
-                stack.append((fd, source, _sorted_names(fd, source), st.st_dev))
+                stack.append((fd, source, _sorted_names(fd, source, order), st.st_dev))
             elif stat.S_ISLNK(mode):
                 yield Entry(source, fmt.SYMLINK, st, os.readlink(name, dir_fd=dir_fd))
             else:
@@ -179,15 +183,20 @@ def _unreadable(found: list[bytes], source: bytes, reason: str) -> None:
     found.append(source)
 
 
-def _sorted_names(dir_fd: int, source: bytes) -> list[bytes]:
+def _sorted_names(dir_fd: int, source: bytes, order: Callable[[bytes, bool], object] | None) -> list[bytes]:
     """The directory's names, sorted descending so that ``pop()`` gives them in order."""
     try:
         with os.scandir(dir_fd) as it:
-            names = [os.fsencode(entry.name) for entry in it]
+            if order is None:
+                names = [os.fsencode(entry.name) for entry in it]
+                names.sort(reverse=True)
+                return names
+            keyed = [(order(os.fsencode(e.name), e.is_dir(follow_symlinks=False)), os.fsencode(e.name))
+                     for e in it]
     except OSError as err:
         raise UsageError(f"{show_path(source) or '.'}: cannot list directory ({err.strerror})") from None
-    names.sort(reverse=True)
-    return names
+    keyed.sort(reverse=True)
+    return [name for _, name in keyed]
 
 
 def _kind_name(mode: int) -> str:

@@ -1,23 +1,41 @@
--- tartapefs index, format version 3 (2: ctime_ns; 3: mtimes in two columns, CRC-32).
+-- tartapefs index, format version 4 (2: ctime_ns; 3: mtimes in two columns, CRC-32;
+-- 4: several tapes, the tapes table).
 --
--- One file per recorded tape. It is built in a temporary file next to its final
+-- One file per recording (one walk of one source folder) and the tapes planned
+-- from it. It is built in a temporary file next to its final
 -- place and renamed over it, so a reader sees either the old index or the new
 -- one, never half of one; an open connection keeps reading the file it opened.
 --
 -- The header's user_version (4 bytes at offset 60) holds a CRC-32 of every other
 -- byte of the file, written last: a file damaged anywhere is refused at open.
 
--- Tape metadata, one row per key: format, format_version, bytes_version,
--- total_size, member_count, fingerprint, mtime, source_root, prefix,
--- keep_owner, exclude (JSON list), created_by.
+-- Recording metadata, one row per key: format, format_version, bytes_version,
+-- member_count (rows of members), tape_count, source_root, prefix, keep_owner,
+-- exclude (JSON list), plan (JSON: the options the tapes were planned with),
+-- created_by.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
 ) WITHOUT ROWID;
 
--- One row per archive member, in tape order.
+-- One row per planned tape, in order. The tapes lie back to back on one global
+-- line of bytes: tape k occupies [start, start + total_size), its own footer
+-- included, so a member's offset within its tape is its global offset - start.
+CREATE TABLE tapes (
+    number       INTEGER PRIMARY KEY,  -- 0, 1, ... in order
+    name         BLOB    NOT NULL,     -- file name as planned (photos.tar, photos-000003.tar)
+    start        INTEGER NOT NULL,     -- global offset of the tape's first byte
+    total_size   INTEGER NOT NULL,     -- bytes, footer included
+    member_count INTEGER NOT NULL,
+    fingerprint  TEXT    NOT NULL,     -- hex SHA-256 of everything that decides its bytes
+    mtime        INTEGER NOT NULL,     -- seconds: its newest member's mtime, at least 0
+    nsamples     INTEGER NOT NULL      -- samples as wids counts them (0 for a whole tape)
+);
+
+-- One row per archive member of every tape, in tape order (a folder that
+-- several shards repeat has a row in each).
 --
--- The primary key is the byte offset of the member's first header byte.
+-- The primary key is the global offset of the member's first header byte.
 -- Offsets grow with tape order and every member is at least 512 bytes, so they
 -- are unique, and "which member holds byte X" is one descent of the table's own
 -- B-tree: the row with the largest offset <= X. No separate index is needed.

@@ -1,99 +1,207 @@
-"""A tape: a source folder recorded into an index, and that index opened again.
+"""Recordings and the tapes planned from them, opened from an index.
 
-``TapeRecorder(src).commit()`` walks the source once and writes the index;
-``Tape.discover(src)`` / ``Tape.open(path)`` open it. Where the index lives:
-``SRC/.tartape/index.db`` by default (left out of the archive), or, when SRC
-is not writable, ``$XDG_STATE_HOME/tartapefs/<hash of SRC>/index.db``.
+A :class:`Recording` is one walk of one source folder kept in one index; its
+:meth:`~Recording.tapes` are the archives planned from it (one whole tape, or
+shards). A :class:`Tape` is what a reader and a player take: a window of the
+recording with its own offsets from 0, total size and fingerprint. A
+:class:`Volume` is a byte slice of a tape, computed when opened.
+
+``Tape.discover(src)`` / ``Tape.open(path)`` keep the one-tape API of the
+original ``tartape``: they give the recording's tape when it has one, and for
+a sharded recording say in one line to use ``Recording``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 
-from . import __version__
-from . import format as fmt
-from .errors import (
-    IndexMissingError,
-    IndexSourceMismatchError,
-    MemberNotFoundError,
-    UsageError,
-    show_path,
-)
-from .index import Index, IndexWriter
-from .layout import BYTES_VERSION, Fingerprint, Member, archive_name
-from .scan import Entry, Excluder, walk
-
-INDEX_DIR = ".tartape"
-INDEX_NAME = "index.db"
-_INDEX_DIR_BYTES = INDEX_DIR.encode()
+from .bytesource import Slice
+from .errors import IndexMissingError, IndexSourceMismatchError, MemberNotFoundError, UsageError, show_path
+from .index import Index, TapeRows
+from .layout import Member, locate
+from .plan import PlannedTape, PlanOptions, volume_name, volume_ranges, wids_index
+from .record import TapeRecorder, _source_dir, index_candidates, recording_fingerprint
 
 
-class Tape:
-    """A recorded tape, opened from its index: pinned to that recording (every reader
-    and player made from it serves its bytes, whatever is recorded since).
+class Recording:
+    """A recorded source folder, opened from its index: one connection, pinned to the
+    file it opened, which every tape, reader and player of it shares.
 
-    ``total_size`` (bytes), ``member_count``, ``fingerprint`` (hex SHA-256 of
-    everything that decides the bytes), ``mtime`` (seconds: the newest member's
-    mtime, at least 0 — never the clock), ``source_root`` and ``index_path``.
+    ``index_path``, ``source_root``, ``prefix`` (bytes), ``keep_owner``,
+    ``exclude``, ``plan`` (:class:`PlanOptions`), ``member_count`` (rows of all
+    tapes), ``fingerprint`` (hex). Raises IndexMissingError, IndexCorruptError
+    or IndexVersionError when the index cannot be used.
     """
 
     def __init__(self, index: Index) -> None:
         self._index = index
         meta = index.meta
         self.index_path: str = index.path
-        self.total_size: int = meta["total_size"]
-        self.member_count: int = meta["member_count"]
-        self.fingerprint: str = meta["fingerprint"]
-        self.mtime: int = meta.get("mtime", 0)
         self.source_root: str = os.fsdecode(bytes(meta["source_root"]))
         self.prefix: bytes = index.prefix
         self.keep_owner: bool = bool(meta.get("keep_owner", 0))
         self.exclude: list[str] = json.loads(meta.get("exclude") or "[]")
+        self.plan: PlanOptions = PlanOptions.from_json(meta.get("plan"))
+        self.member_count: int = meta["member_count"]
+        planned = index.tapes()
+        self.fingerprint: str = recording_fingerprint(planned)
+        self._tapes = [Tape(self, p) for p in planned]
+        self._starts = [p.start for p in planned]
 
     @classmethod
-    def open(cls, index_path: str) -> Tape:
-        """Open the index at ``index_path`` (IndexMissingError, IndexCorruptError, IndexVersionError)."""
+    def open(cls, index_path: str) -> Recording:
         return cls(Index(index_path))
 
     @classmethod
-    def discover(cls, src: str) -> Tape:
-        """Open the index recorded for the folder ``src`` (IndexMissingError when none)."""
+    def discover(cls, src: str) -> Recording:
+        """The recording of the folder ``src`` (IndexMissingError when none)."""
         for path in index_candidates(src):
             if os.path.exists(path):
                 return cls.open(path).check_source(src)
         raise IndexMissingError(f"{src}: no recorded tape (run: tartape record {src})")
 
-    def check_source(self, src: str) -> Tape:
-        """Return self if this tape was recorded from ``src``, else raise IndexSourceMismatchError."""
+    def check_source(self, src: str) -> Recording:
+        """Return self if recorded from ``src``, else raise IndexSourceMismatchError."""
         if os.path.realpath(src) != self.source_root:
+            self.close()
             raise IndexSourceMismatchError(
                 f"{self.index_path}: recorded from {self.source_root}, not from {os.path.realpath(src)}"
             )
         return self
 
     @property
-    def index(self) -> Index:
-        """This tape's one index connection, pinned to the recording it opened: its
-        readers and players share it, so a recording made since never reaches them."""
-        return self._index
+    def stem(self) -> str:
+        """What the recording's archives are named after: its folder's name."""
+        return os.path.basename(self.source_root) or "root"
+
+    def tapes(self) -> list[Tape]:
+        """The tapes planned from this recording, in order."""
+        return list(self._tapes)
+
+    def members(self) -> Iterator[Member]:
+        """Every member of every tape, in order, offsets on the global line."""
+        return self._index.iter_members()
+
+    def locate(self, arc_path: str | bytes) -> list[tuple[Tape, Member]]:
+        """Each tape holding a member named ``arc_path`` and that member (its offsets
+        within that tape): one, or one per shard for a folder shards repeat.
+        MemberNotFoundError when there is none."""
+        name = os.fsencode(arc_path)
+        found = []
+        for m in self._index.find_all(name):
+            tape = self._tapes[locate(self._starts, m.offset)]
+            found.append((tape, m._replace(offset=m.offset - tape.start)))
+        if not found:
+            raise MemberNotFoundError(f"{show_path(name)}: no such member in {self.index_path}")
+        return found
+
+    def close(self) -> None:
+        self._index.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def only_tape(self) -> Tape:
+        """The recording's tape; UsageError when it was planned into several."""
+        if len(self._tapes) != 1:
+            raise UsageError(
+                f"{self.index_path}: recorded as {len(self._tapes)} shards ({self.plan.describe()}); "
+                "open them with Recording.open(...).tapes()"
+            )
+        tape = self._tapes[0]
+        tape._owner = True
+        return tape
+
+
+class Tape:
+    """One archive of a recording: ``name``, ``number``, ``total_size`` (bytes),
+    ``member_count``, ``fingerprint`` (hex SHA-256 of everything that decides
+    its bytes), ``mtime`` (seconds: the newest member's, at least 0 — never the
+    clock), ``nsamples`` (as wids counts them), and the recording's
+    ``source_root``, ``index_path``, ``prefix``, ``keep_owner``, ``exclude``.
+    """
+
+    def __init__(self, recording: Recording, planned: PlannedTape) -> None:
+        self.recording = recording
+        self.number = planned.number
+        self.name = planned.name
+        self.start = planned.start
+        self.total_size = planned.total_size
+        self.member_count = planned.member_count
+        self.fingerprint = planned.fingerprint
+        self.mtime = planned.mtime
+        self.nsamples = planned.nsamples
+        self.index_path = recording.index_path
+        self.source_root = recording.source_root
+        self.prefix = recording.prefix
+        self.keep_owner = recording.keep_owner
+        self.exclude = recording.exclude
+        self._owner = False  # closing the tape closes its recording (Tape.open/discover)
+
+    @classmethod
+    def open(cls, index_path: str) -> Tape:
+        """The tape of the index at ``index_path`` (IndexMissingError, IndexCorruptError,
+        IndexVersionError; UsageError when it holds several shards)."""
+        return _only(Recording.open(index_path))
+
+    @classmethod
+    def discover(cls, src: str) -> Tape:
+        """The tape recorded for the folder ``src`` (IndexMissingError when none)."""
+        return _only(Recording.discover(src))
+
+    def check_source(self, src: str) -> Tape:
+        """Return self if this tape was recorded from ``src``, else raise IndexSourceMismatchError."""
+        self.recording.check_source(src)
+        return self
+
+    def renamed(self, name: str) -> Tape:
+        """The same tape under another file name (the mount's ``--name``)."""
+        other = copy.copy(self)
+        other.name = name
+        other._owner = False
+        return other
+
+    @property
+    def index(self) -> TapeRows:
+        """This tape's rows through the recording's one index connection, pinned to the
+        file it opened: readers and players share it, so a recording made since never
+        reaches them. Close the recording after them."""
+        return TapeRows(self.recording._index, self.start, self.total_size)
 
     def members(self, start: int = 0) -> Iterator[Member]:
         """Members in tape order, from the one holding byte ``start``."""
-        return self._index.iter_members(start)
+        return self.recording._index.iter_members(start, self.start, self.start + self.total_size)
 
     def locate(self, arc_path: str | bytes) -> Member:
         """The member named ``arc_path`` (its header and body ranges are on it)."""
         name = os.fsencode(arc_path)
-        member = self._index.find(name)
+        member = self.recording._index.find(name, self.start, self.start + self.total_size)
         if member is None:
-            raise MemberNotFoundError(f"{show_path(name)}: no such member in {self.index_path}")
+            raise MemberNotFoundError(f"{show_path(name)}: no such member in {self.name} ({self.index_path})")
         return member
 
+    def reader(self, source_root: str | None = None):
+        """A new :class:`~tartapefs.reader.TapeReader` of this tape."""
+        from .reader import TapeReader
+
+        return TapeReader(self, source_root)
+
+    def player(self, source_root: str | None = None):
+        """A :class:`~tartapefs.stream.TapePlayer` of this tape (events from any byte)."""
+        from .stream import TapePlayer
+
+        return TapePlayer(self, source_root)
+
     def close(self) -> None:
-        self._index.close()
+        if self._owner:
+            self.recording.close()
 
     def __enter__(self) -> Tape:
         return self
@@ -102,96 +210,104 @@ class Tape:
         self.close()
 
 
-class TapeRecorder:
-    """Record the folder ``src`` into an index.
+class Volume:
+    """Bytes ``[start, start + total_size)`` of ``tape``, served as one file (``NAME.001``...).
+    Its fingerprint covers the tape's and the slice; its mtime is the tape's."""
 
-    ``exclude``: glob patterns (as ``tar --exclude``). ``anonymize``: uid/gid 0
-    and no owner names (default) or the real owners. ``prefix``: what member
-    names start with — None for the folder's own name, ``""`` for nothing.
-    ``progress(count)`` is called as the scan goes.
+    def __init__(self, tape: Tape, name: str, start: int, size: int) -> None:
+        self.tape = tape
+        self.name = name
+        self.start = start
+        self.total_size = size
+        self.mtime = tape.mtime
+        self.fingerprint = hashlib.sha256(b"%s\0%d\0%d" % (tape.fingerprint.encode(), start, size)).hexdigest()
+
+    def reader(self, source_root: str | None = None) -> Slice:
+        return Slice(self.tape.reader(source_root), self.start, self.total_size)
+
+
+def volumes(tape: Tape, split: int) -> list[Volume]:
+    """``tape`` cut every ``split`` bytes, named as ratarmount joins them."""
+    ranges = volume_ranges(tape.total_size, split)
+    return [Volume(tape, volume_name(tape.name, i, len(ranges)), start, size)
+            for i, (start, size) in enumerate(ranges)]
+
+
+class Sidecar:
+    """A small file served beside the archives (the wids shard list): bytes in memory."""
+
+    def __init__(self, name: str, data: bytes, mtime: int) -> None:
+        self.name = name
+        self.data = data
+        self.total_size = len(data)
+        self.mtime = mtime
+
+    def reader(self, source_root: str | None = None):
+        from .bytesource import Memory
+
+        return Memory(self.data)
+
+
+def archives(recordings: list[Recording], name: str | None = None, split: int | None = None
+             ) -> list[Tape | Volume | Sidecar]:
+    """What a mount shows and ``tartape stream -o DIR/`` writes for ``recordings``, named.
+
+    One recording with one tape: ``name`` (default ``dataset.tar``). Several
+    recordings: each whole tape named after its folder (``photos.tar``). Shards:
+    ``photos-000000.tar``... and ``photos.wids.json``. ``split``: each archive as
+    volumes ``NAME.001``... instead (no shard list: wids reads whole shards).
+    UsageError for ``name`` with shards or several recordings, and for two
+    files of one name.
     """
+    sharded = any(r.plan.sharded for r in recordings)
+    if name is not None and (len(recordings) > 1 or sharded):
+        raise UsageError("--name: names only the archive of one folder; shards and several folders "
+                         "are named after their folders")
+    out: list[Tape | Volume | Sidecar] = []
+    for r in recordings:
+        tapes = r.tapes()
+        if not r.plan.sharded:
+            tapes = [tapes[0].renamed(name or "dataset.tar") if len(recordings) == 1 else tapes[0]]
+        for tape in tapes:
+            out.extend(volumes(tape, split) if split else [tape])
+        if r.plan.sharded and not split:
+            shards = [(t.name, t.nsamples, t.total_size) for t in tapes]
+            out.append(Sidecar(f"{r.stem}.wids.json", wids_index(shards), max(t.mtime for t in tapes)))
+    seen: dict[str, str] = {}
+    for item in out:
+        if item.name in seen:
+            raise UsageError(f"{item.name}: two archives would have this name; give the folders different names")
+        seen[item.name] = item.name
+    return out
 
-    def __init__(
-        self,
-        src: str,
-        exclude: list[str] | tuple[str, ...] | None = None,
-        anonymize: bool = True,
-        *,
-        index_path: str | None = None,
-        prefix: str | bytes | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
-        self.src = _source_dir(src)
-        self.exclude = list(exclude or ())
-        self.keep_owner = not anonymize
-        self.prefix = _clean_prefix(os.path.basename(self.src) if prefix is None else prefix)
-        self.index_path = index_path
-        self.progress = progress
 
-    def commit(self) -> str:
-        """Scan the source and write the index; returns the fingerprint (hex)."""
-        # The index folder is created before the scan: creating SRC/.tartape
-        # changes SRC's own mtime, which is part of the archive.
-        index_path = self.index_path or default_index_path(self.src)
-        _check_index_place(self.src, index_path)
-        if self.index_path is None or _in_own_dir(self.src, index_path):
-            _make_index_dir(index_path)
-        entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress)
-        fingerprint = Fingerprint()
-        stats = {"offset": 0, "count": 0, "mtime": 0}
+def record_or_reuse(
+    src: str,
+    index_path: str | None = None,
+    rescan: bool = False,
+    progress: Callable[[int], None] | None = None,
+    plan: PlanOptions | None = None,
+) -> Recording:
+    """The recording of ``src``: its existing index reused (no scan), or recorded now.
 
-        def members() -> Iterator[Member]:
-            for entry in entries:
-                if not self.prefix and not entry.source:
-                    continue  # with no prefix the root folder is not a member
-                member = self._member(entry, stats["offset"])
-                fingerprint.add(member.header, member.header_size)
-                stats["offset"] = member.end
-                stats["count"] += 1
-                stats["mtime"] = max(stats["mtime"], member.mtime)
-                yield member
-
-        with IndexWriter(index_path) as writer:
-            writer.add_members(members(), self.keep_owner)
-            total = stats["offset"] + len(fmt.FOOTER)
-            digest = fingerprint.hexdigest(total)
-            writer.commit(
-                {
-                    "bytes_version": BYTES_VERSION,
-                    "total_size": total,
-                    "member_count": stats["count"],
-                    "fingerprint": digest,
-                    "mtime": stats["mtime"],
-                    "source_root": os.fsencode(self.src),
-                    "prefix": self.prefix,
-                    "keep_owner": int(self.keep_owner),
-                    "exclude": self.exclude,
-                    "created_by": f"tartapefs {__version__}",
-                }
-            )
-        self.index_path = index_path
-        return digest
-
-    def _member(self, entry: Entry, offset: int) -> Member:
-        st = entry.st
-        kind = entry.kind
-        linkname = entry.linkname
-        if kind == fmt.HARDLINK:
-            linkname = archive_name(self.prefix, linkname, fmt.FILE)
-        header = fmt.Header(
-            name=archive_name(self.prefix, entry.source, kind),
-            kind=kind,
-            size=st.st_size if kind == fmt.FILE else 0,
-            mode=st.st_mode & 0o7777,
-            mtime_ns=st.st_mtime_ns,
-            linkname=linkname,
-            uid=st.st_uid if self.keep_owner else 0,
-            gid=st.st_gid if self.keep_owner else 0,
-            uname=_owner_name(st.st_uid, True) if self.keep_owner else b"",
-            gname=_owner_name(st.st_gid, False) if self.keep_owner else b"",
-        )
-        return Member(header, offset, fmt.header_size(header), entry.source, st.st_ino, st.st_dev, st.st_mtime_ns,
-                      st.st_ctime_ns)
+    ``rescan`` records again even when an index exists, and so does a ``plan``
+    other than the one recorded (never a mismatch served). An existing index
+    that is damaged, of another version or of another folder raises; it is
+    never silently rebuilt.
+    """
+    src = _source_dir(src)
+    if not rescan:
+        try:
+            recording = Recording.open(index_path).check_source(src) if index_path else Recording.discover(src)
+        except IndexMissingError:
+            pass
+        else:
+            if plan is None or recording.plan == plan:
+                return recording
+            recording.close()
+    recorder = TapeRecorder(src, index_path=index_path, progress=progress, plan=plan or PlanOptions())
+    recorder.commit()
+    return Recording.open(recorder.index_path)
 
 
 def open_or_record(
@@ -200,110 +316,13 @@ def open_or_record(
     rescan: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Tape:
-    """The tape of ``src``: its existing index reused (no scan), or recorded now.
-
-    ``rescan`` records again even when an index exists. An existing index that
-    is damaged, of another version or of another folder raises; it is never
-    silently rebuilt.
-    """
-    src = _source_dir(src)
-    if not rescan:
-        try:
-            if index_path:
-                return Tape.open(index_path).check_source(src)
-            return Tape.discover(src)
-        except IndexMissingError:
-            pass
-    recorder = TapeRecorder(src, index_path=index_path, progress=progress)
-    recorder.commit()
-    return Tape.open(recorder.index_path)
+    """The one tape of ``src`` (see :func:`record_or_reuse`)."""
+    return _only(record_or_reuse(src, index_path, rescan, progress))
 
 
-def default_index_path(src: str) -> str:
-    """Where ``record`` puts the index of ``src`` when no ``--index`` is given."""
-    inside, state = index_candidates(src)
-    parent = os.path.dirname(inside)
-    if os.path.isdir(parent):
-        return inside if os.access(parent, os.W_OK) else state
-    return inside if os.access(os.path.realpath(src), os.W_OK) else state
-
-
-def state_dir() -> str:
-    """tartapefs' per-user state folder: ``$XDG_STATE_HOME/tartapefs`` (~/.local/state/tartapefs)."""
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state_home, "tartapefs")
-
-
-def index_candidates(src: str) -> tuple[str, str]:
-    """The two places an index of ``src`` may live: inside it, and the per-user state dir."""
-    real = os.path.realpath(src)
-    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
-    return (
-        os.path.join(real, INDEX_DIR, INDEX_NAME),
-        os.path.join(state_dir(), digest, INDEX_NAME),
-    )
-
-
-def _make_index_dir(index_path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(index_path))
+def _only(recording: Recording) -> Tape:
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{directory}: cannot create the index folder ({err.strerror})") from None
-
-
-def _in_own_dir(src: str, index_path: str) -> bool:
-    return os.path.realpath(index_path).startswith(os.path.join(src, INDEX_DIR) + os.sep)
-
-
-def _check_index_place(src: str, index_path: str) -> None:
-    """An index may live outside SRC or in SRC/.tartape/ (left out of the archive), nowhere
-    else in SRC: writing it would change its folder's mtime, a byte of the archive it indexes."""
-    if (os.path.realpath(index_path) + os.sep).startswith(src + os.sep) and not _in_own_dir(src, index_path):
-        raise UsageError(
-            f"--index {index_path}: inside the source folder, where writing it would change the "
-            f"archive it describes; put it outside {src} or in {os.path.join(src, INDEX_DIR)}/"
-        )
-
-
-def _is_own(source: bytes) -> bool:
-    """tartapefs' own folder SRC/.tartape is never part of the archive."""
-    return source == _INDEX_DIR_BYTES
-
-
-def _source_dir(src: str) -> str:
-    if not src:
-        raise UsageError("no source folder given")
-    real = os.path.realpath(src)
-    if not os.path.exists(real):
-        raise UsageError(f"{src}: no such directory")
-    if not os.path.isdir(real):
-        raise UsageError(f"{src}: not a directory")
-    if not os.access(real, os.R_OK | os.X_OK):
-        raise UsageError(f"{src}: permission denied")
-    return real
-
-
-def _clean_prefix(prefix: str | bytes) -> bytes:
-    raw = os.fsencode(prefix).strip(b"/")
-    parts = raw.split(b"/") if raw else []
-    if any(part in (b"", b".", b"..") for part in parts):
-        raise UsageError(f"--prefix {show_path(prefix)!r}: must be a relative name without '.' or '..' parts")
-    return raw
-
-
-_owner_cache: dict[tuple[int, bool], bytes] = {}
-
-
-def _owner_name(ident: int, user: bool) -> bytes:
-    key = (ident, user)
-    if key not in _owner_cache:
-        import grp
-        import pwd
-
-        try:
-            name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
-        except KeyError:
-            name = ""
-        _owner_cache[key] = os.fsencode(name)
-    return _owner_cache[key]
+        return recording.only_tape()
+    except UsageError:
+        recording.close()
+        raise

@@ -18,7 +18,8 @@ import tempfile
 from .. import format as fmt
 from ..errors import UsageError
 from ..layout import Member
-from ..tape import INDEX_NAME, Tape, TapeRecorder
+from ..record import INDEX_NAME, TapeRecorder
+from ..tape import Tape
 
 
 class InvalidArgumentError(UsageError, ValueError):

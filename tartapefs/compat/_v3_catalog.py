@@ -21,7 +21,7 @@ from ..errors import MemberNotFoundError
 from ..layout import Member
 from ..plan import volume_name
 from ..tape import Tape as CoreTape
-from ..tape import index_candidates
+from ..record import index_candidates
 from ._v3_errors import (
     AmbiguousLayoutError,
     ArcPathNotFoundError,

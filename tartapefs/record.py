@@ -1,0 +1,218 @@
+"""Recording: a source folder walked once into an index, and where that index lives.
+
+``TapeRecorder(src).commit()`` walks the source, has the plan place every
+member on its tape(s), and writes the index. Where the index lives:
+``SRC/.tartape/index.db`` by default (left out of the archive), or, when SRC
+is not writable, ``$XDG_STATE_HOME/tartapefs/<hash of SRC>/index.db``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+
+from . import __version__
+from . import format as fmt
+from .errors import UsageError, show_path
+from .index import IndexWriter
+from .layout import BYTES_VERSION, Member, archive_name
+from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order
+from .scan import Entry, Excluder, walk
+
+INDEX_DIR = ".tartape"
+INDEX_NAME = "index.db"
+_INDEX_DIR_BYTES = INDEX_DIR.encode()
+
+
+class TapeRecorder:
+    """Record the folder ``src`` into an index.
+
+    ``exclude``: glob patterns (as ``tar --exclude``). ``anonymize``: uid/gid 0
+    and no owner names (default) or the real owners. ``prefix``: what member
+    names start with — None for the folder's own name, ``""`` for nothing.
+    ``progress(count)`` is called as the scan goes. ``plan``: how the recording
+    is cut into tapes (:class:`~tartapefs.plan.PlanOptions`; default one whole
+    tape).
+    """
+
+    def __init__(
+        self,
+        src: str,
+        exclude: list[str] | tuple[str, ...] | None = None,
+        anonymize: bool = True,
+        *,
+        index_path: str | None = None,
+        prefix: str | bytes | None = None,
+        progress: Callable[[int], None] | None = None,
+        plan: PlanOptions = PlanOptions(),
+    ) -> None:
+        self.src = _source_dir(src)
+        self.exclude = list(exclude or ())
+        self.keep_owner = not anonymize
+        self.prefix = _clean_prefix(os.path.basename(self.src) if prefix is None else prefix)
+        self.index_path = index_path
+        self.progress = progress
+        self.plan = plan
+        self.tapes: list[PlannedTape] = []
+
+    def commit(self) -> str:
+        """Scan the source and write the index; returns the fingerprint (hex): the
+        tape's, or for several tapes one over all of theirs."""
+        # The index folder is created before the scan: creating SRC/.tartape
+        # changes SRC's own mtime, which is part of the archive.
+        index_path = self.index_path or default_index_path(self.src)
+        _check_index_place(self.src, index_path)
+        if self.index_path is None or _in_own_dir(self.src, index_path):
+            _make_index_dir(index_path)
+        order = sample_order if self.plan.sharded else None
+        entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress, order)
+        planner = Planner(os.path.basename(self.src) or "root", self.plan)
+
+        def recorded() -> Iterator[Recorded]:
+            for entry in entries:
+                if not self.prefix and not entry.source:
+                    continue  # with no prefix the root folder is not a member
+                yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
+
+        with IndexWriter(index_path) as writer:
+            writer.add_members(planner.place(recorded()), self.keep_owner)
+            writer.add_tapes(planner.tapes)
+            writer.commit(
+                {
+                    "bytes_version": BYTES_VERSION,
+                    "member_count": sum(t.member_count for t in planner.tapes),
+                    "tape_count": len(planner.tapes),
+                    "source_root": os.fsencode(self.src),
+                    "prefix": self.prefix,
+                    "keep_owner": int(self.keep_owner),
+                    "exclude": self.exclude,
+                    "plan": self.plan.to_json(),
+                    "created_by": f"tartapefs {__version__}",
+                }
+            )
+        self.tapes = planner.tapes
+        digest = recording_fingerprint(planner.tapes)
+        self.index_path = index_path
+        return digest
+
+    def _member(self, entry: Entry) -> Member:
+        st = entry.st
+        kind = entry.kind
+        linkname = entry.linkname
+        if kind == fmt.HARDLINK:
+            linkname = archive_name(self.prefix, linkname, fmt.FILE)
+        header = fmt.Header(
+            name=archive_name(self.prefix, entry.source, kind),
+            kind=kind,
+            size=st.st_size if kind == fmt.FILE else 0,
+            mode=st.st_mode & 0o7777,
+            mtime_ns=st.st_mtime_ns,
+            linkname=linkname,
+            uid=st.st_uid if self.keep_owner else 0,
+            gid=st.st_gid if self.keep_owner else 0,
+            uname=_owner_name(st.st_uid, True) if self.keep_owner else b"",
+            gname=_owner_name(st.st_gid, False) if self.keep_owner else b"",
+        )
+        return Member(header, 0, fmt.header_size(header), entry.source, st.st_ino, st.st_dev, st.st_mtime_ns,
+                      st.st_ctime_ns)
+
+
+def default_index_path(src: str) -> str:
+    """Where ``record`` puts the index of ``src`` when no ``--index`` is given."""
+    inside, state = index_candidates(src)
+    parent = os.path.dirname(inside)
+    if os.path.isdir(parent):
+        return inside if os.access(parent, os.W_OK) else state
+    return inside if os.access(os.path.realpath(src), os.W_OK) else state
+
+
+def state_dir() -> str:
+    """tartapefs' per-user state folder: ``$XDG_STATE_HOME/tartapefs`` (~/.local/state/tartapefs)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state_home, "tartapefs")
+
+
+def index_candidates(src: str) -> tuple[str, str]:
+    """The two places an index of ``src`` may live: inside it, and the per-user state dir."""
+    real = os.path.realpath(src)
+    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
+    return (
+        os.path.join(real, INDEX_DIR, INDEX_NAME),
+        os.path.join(state_dir(), digest, INDEX_NAME),
+    )
+
+
+def _make_index_dir(index_path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(index_path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{directory}: cannot create the index folder ({err.strerror})") from None
+
+
+def _in_own_dir(src: str, index_path: str) -> bool:
+    return os.path.realpath(index_path).startswith(os.path.join(src, INDEX_DIR) + os.sep)
+
+
+def _check_index_place(src: str, index_path: str) -> None:
+    """An index may live outside SRC or in SRC/.tartape/ (left out of the archive), nowhere
+    else in SRC: writing it would change its folder's mtime, a byte of the archive it indexes."""
+    if (os.path.realpath(index_path) + os.sep).startswith(src + os.sep) and not _in_own_dir(src, index_path):
+        raise UsageError(
+            f"--index {index_path}: inside the source folder, where writing it would change the "
+            f"archive it describes; put it outside {src} or in {os.path.join(src, INDEX_DIR)}/"
+        )
+
+
+def _is_own(source: bytes) -> bool:
+    """tartapefs' own folder SRC/.tartape is never part of the archive."""
+    return source == _INDEX_DIR_BYTES
+
+
+def _source_dir(src: str) -> str:
+    if not src:
+        raise UsageError("no source folder given")
+    real = os.path.realpath(src)
+    if not os.path.exists(real):
+        raise UsageError(f"{src}: no such directory")
+    if not os.path.isdir(real):
+        raise UsageError(f"{src}: not a directory")
+    if not os.access(real, os.R_OK | os.X_OK):
+        raise UsageError(f"{src}: permission denied")
+    return real
+
+
+def _clean_prefix(prefix: str | bytes) -> bytes:
+    raw = os.fsencode(prefix).strip(b"/")
+    parts = raw.split(b"/") if raw else []
+    if any(part in (b"", b".", b"..") for part in parts):
+        raise UsageError(f"--prefix {show_path(prefix)!r}: must be a relative name without '.' or '..' parts")
+    return raw
+
+
+_owner_cache: dict[tuple[int, bool], bytes] = {}
+
+
+def _owner_name(ident: int, user: bool) -> bytes:
+    key = (ident, user)
+    if key not in _owner_cache:
+        import grp
+        import pwd
+
+        try:
+            name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
+        except KeyError:
+            name = ""
+        _owner_cache[key] = os.fsencode(name)
+    return _owner_cache[key]
+
+
+def recording_fingerprint(tapes: list[PlannedTape]) -> str:
+    """A recording's fingerprint: its one tape's, or a SHA-256 over every tape's."""
+    if len(tapes) == 1:
+        return tapes[0].fingerprint
+    digest = hashlib.sha256(b"tartapefs-tapes\n")
+    for t in tapes:
+        digest.update(b"%s\0%s\n" % (os.fsencode(t.name), t.fingerprint.encode()))
+    return digest.hexdigest()
