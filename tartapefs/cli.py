@@ -12,12 +12,15 @@ import os
 import stat
 import sys
 from collections.abc import Callable
+from contextlib import closing
 
 from . import __version__, extract, native
 from .errors import UsageError, show_path
-from .process import OneLineParser, Progress, log_to_stderr, run_main
-from .reader import TapeReader, tune_malloc
-from .tape import Tape, TapeRecorder, open_or_record
+from .process import OneLineParser, Progress, log_to_stderr, run_main, size_argument
+from .reader import tune_malloc
+from .plan import PlanOptions
+from .record import TapeRecorder, check_sources
+from .tape import Recording, Tape, archives, record_or_reuse
 
 _CHUNK = 1 << 20
 
@@ -36,27 +39,43 @@ def _parser() -> argparse.ArgumentParser:
                         version=f"tartape {__version__}; per-member loops: {native.ACTIVE}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+    def command(name: str, run, help: str, several: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("src", metavar="SRC", help="the source folder")
-        p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
+        if several:
+            p.add_argument("src", metavar="SRC", nargs="+", help="the source folder(s), one index each")
+        else:
+            p.add_argument("src", metavar="SRC", help="the source folder")
+        p.add_argument("--index", metavar="PATH", help="index file, with one SRC (default: SRC/.tartape/index.db)")
         p.set_defaults(run=run)
         return p
+
+    def plan_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--shard-size", metavar="SIZE", type=size_argument("--shard-size"),
+                       help="cut into WebDataset shards of at most SIZE (10G, 512MiB)")
+        p.add_argument("--shard-members", metavar="N", type=_positive("--shard-members"),
+                       help="cut into shards of at most N members")
 
     p = command("record", _record, "walk SRC once and write its index")
     p.add_argument("--prefix", metavar="NAME", help="what member names start with (default: the folder's name; '' for none)")
     p.add_argument("--keep-owner", action="store_true", help="keep real uid/gid and owner names")
     p.add_argument("--exclude", metavar="GLOB", action="append", default=[], help="leave out matching paths (repeatable)")
+    plan_options(p)
 
-    p = command("stream", _stream, "write the archive (to stdout, or -o FILE); records first if there is no index")
+    p = command("stream", _stream, "write the archive(s) (to stdout, -o FILE or -o DIR/); records first if needed")
     p.add_argument("--start-offset", metavar="N", type=int, default=0, help="start at byte N (resume)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE|DIR/",
+                   help="write to FILE, or every archive into DIR/ (each atomically) instead of stdout")
+    p.add_argument("--name", help="the archive's name with -o DIR/ (default: dataset.tar)")
+    p.add_argument("--archive", metavar="NAME", help="only the archive (shard, volume) named NAME")
+    p.add_argument("--split", metavar="SIZE", type=size_argument("--split"),
+                   help="volumes of SIZE bytes: NAME.001, NAME.002...")
+    plan_options(p)
 
-    command("ls", _ls, "list members: offset, size, name")
-    p = command("locate", _locate, "byte ranges of a member's header and body")
+    command("ls", _ls, "list members: archive, offset, size, name")
+    p = command("locate", _locate, "the archive and byte ranges of a member's header and body", several=False)
     p.add_argument("member", metavar="MEMBER", help="member name as in the archive")
     command("verify", _verify, "list members whose source changed since recording (exit 1 if any)")
-    command("info", _info, "size, members, fingerprint and index of the tape")
+    command("info", _info, "size, members, fingerprint and index of each recording and its archives")
 
     help = "members out of an archive (a file or an http(s) URL), found through its index"
     p = sub.add_parser("extract", help=help, description=help)
@@ -65,50 +84,142 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(args) -> Tape:
-    if args.index:
-        return Tape.open(args.index).check_source(args.src)
-    return Tape.discover(args.src)
+def _positive(option: str):
+    def convert(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a whole number of at least 1")
+        return int(text)
+
+    return convert
+
+
+def _sources(args) -> list[str]:
+    srcs = args.src if isinstance(args.src, list) else [args.src]
+    if args.index and len(srcs) > 1:
+        raise UsageError("--index: one index per folder; give --index with one SRC only")
+    check_sources(srcs)
+    return srcs
+
+
+def _plan(args) -> PlanOptions | None:
+    if args.shard_size is None and args.shard_members is None:
+        return None
+    return PlanOptions(args.shard_size, args.shard_members)
+
+
+def _open(args) -> list[Recording]:
+    recordings: list[Recording] = []
+    try:
+        for src in _sources(args):
+            if args.index:
+                recordings.append(Recording.open(args.index).check_source(src))
+            else:
+                recordings.append(Recording.discover(src))
+    except BaseException:
+        for r in recordings:
+            r.close()
+        raise
+    return recordings
+
+
+class _Opened:
+    """The recordings of a command, closed when it ends."""
+
+    def __init__(self, recordings: list[Recording]) -> None:
+        self.recordings = recordings
+
+    def __enter__(self) -> list[Recording]:
+        return self.recordings
+
+    def __exit__(self, *exc) -> None:
+        for r in self.recordings:
+            r.close()
 
 
 def _record(args) -> int:
-    recorder = TapeRecorder(
-        args.src,
-        exclude=args.exclude,
-        anonymize=not args.keep_owner,
-        index_path=args.index,
-        prefix=args.prefix,
-        progress=Progress("tartape: scanned"),
-    )
-    fingerprint = recorder.commit()
-    recorder.progress.done()
-    with Tape.open(recorder.index_path) as tape:
-        print(f"recorded {tape.member_count} members, {tape.total_size} bytes, fingerprint {fingerprint}")
-        print(f"index: {tape.index_path}")
+    srcs = _sources(args)
+    for src in srcs:
+        progress = Progress("tartape: scanned")
+        recorder = TapeRecorder(
+            src,
+            exclude=args.exclude,
+            anonymize=not args.keep_owner,
+            index_path=args.index,
+            prefix=args.prefix,
+            progress=progress,
+            plan=_plan(args) or PlanOptions(),
+        )
+        fingerprint = recorder.commit()
+        progress.done()
+        count = sum(t.member_count for t in recorder.tapes)
+        size = sum(t.total_size for t in recorder.tapes)
+        shards = f" in {len(recorder.tapes)} shards" if recorder.plan.sharded else ""
+        print(f"recorded {count} members, {size} bytes{shards}, fingerprint {fingerprint}")
+        print(f"index: {recorder.index_path}")
     return 0
 
 
 def _stream(args) -> int:
     tune_malloc()
-    progress = Progress("tartape: scanned")
-    tape = open_or_record(args.src, args.index, progress=progress)
-    progress.done()
-    if not 0 <= args.start_offset <= tape.total_size:
-        raise UsageError(f"--start-offset {args.start_offset}: outside the tape (0 to {tape.total_size} bytes)")
-    if args.output:
-        _stream_to_file(tape, args.start_offset, args.output)
+    srcs = _sources(args)
+    plan = _plan(args)
+    if plan and args.name:
+        raise UsageError("--name: shards are named after their folder (NAME-000000.tar); drop --name")
+    to_dir = bool(args.output) and (args.output.endswith("/") or os.path.isdir(args.output))
+    if not to_dir and args.archive is None and (len(srcs) > 1 or plan or args.split):
+        raise UsageError("several archives: write them with -o DIR/, or pick one with --archive NAME")
+    recordings = []
+    try:
+        for src in srcs:
+            progress = Progress("tartape: scanned")
+            recordings.append(record_or_reuse(src, args.index, progress=progress, plan=plan))
+            progress.done()
+        with _Opened(recordings):
+            files = archives(recordings, args.name, args.split)
+            if args.archive is not None:
+                files = [f for f in files if f.name == args.archive]
+                if not files:
+                    raise UsageError(f"--archive {args.archive}: no such archive (see tartape ls)")
+            if to_dir:
+                if args.start_offset:
+                    raise UsageError("--start-offset: with -o DIR/ every archive is written whole")
+                _stream_to_dir(files, args.output)
+                return 0
+            if len(files) != 1:
+                raise UsageError(f"{len(files)} archives: write them with -o DIR/, or pick one with --archive NAME")
+            return _stream_one(files[0], args.start_offset, args.output)
+    finally:
+        for r in recordings:
+            r.close()
+
+
+def _stream_one(item, start: int, output: str | None) -> int:
+    if not 0 <= start <= item.total_size:
+        raise UsageError(f"--start-offset {start}: outside the tape (0 to {item.total_size} bytes)")
+    if output:
+        _stream_to_file(item, start, output)
         return 0
     out = sys.stdout.buffer
     _widen_pipe(out.fileno())
     try:
-        with TapeReader(tape) as reader:
-            _copy(reader, args.start_offset, out.write)
+        with closing(item.reader()) as reader:
+            _copy(reader, start, item.total_size, out.write)
         out.flush()
     except BrokenPipeError:
         # The reader went away (| head): not our error; silence the final flush too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return 0
+
+
+def _stream_to_dir(files: list, folder: str) -> None:
+    """Every archive (and sidecar) into ``folder``, each as NAME.part renamed when complete."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{folder}: cannot create the output folder ({err.strerror})") from None
+    for item in files:
+        _stream_to_file(item, 0, os.path.join(folder, item.name))
 
 
 def _widen_pipe(fd: int) -> None:
@@ -121,12 +232,12 @@ def _widen_pipe(fd: int) -> None:
         pass  # above /proc/sys/fs/pipe-max-size for this user: the default works too
 
 
-def _stream_to_file(tape: Tape, start: int, path: str) -> None:
+def _stream_to_file(item, start: int, path: str) -> None:
     """Write to ``path.part`` and rename on success, so no half archive has the final name."""
     partial = path + ".part"
     try:
-        with TapeReader(tape) as reader, open(partial, "wb") as out:
-            _copy(reader, start, out.write)
+        with closing(item.reader()) as reader, open(partial, "wb") as out:
+            _copy(reader, start, item.total_size, out.write)
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, path)
@@ -138,59 +249,87 @@ def _stream_to_file(tape: Tape, start: int, path: str) -> None:
         raise
 
 
-def _copy(reader: TapeReader, start: int, write: Callable[[bytes], object]) -> None:
-    for offset in range(start, reader.total_size, _CHUNK):
+def _copy(reader, start: int, total: int, write: Callable[[bytes], object]) -> None:
+    for offset in range(start, total, _CHUNK):
         write(reader.read(offset, _CHUNK))
 
 
+def _names(recordings: list[Recording]) -> dict[tuple[str, int], str]:
+    """(index path, tape number) -> the archive's name as stream and the mount give it."""
+    return {(f.index_path, f.number): f.name for f in archives(recordings) if isinstance(f, Tape)}
+
+
 def _ls(args) -> int:
-    with _open(args) as tape:
+    with _Opened(_open(args)) as recordings:
+        names = _names(recordings)
         write = sys.stdout.write
-        for m in tape.members():
-            write(f"{m.offset}\t{m.size}\t{_quote(m.display_name)}\n")
+        for r in recordings:
+            for tape in r.tapes():
+                name = _quote(names[(r.index_path, tape.number)])
+                for m in tape.members():
+                    write(f"{name}\t{m.offset}\t{m.size}\t{_quote(m.display_name)}\n")
     return 0
 
 
 def _locate(args) -> int:
-    with _open(args) as tape:
-        m = tape.locate(args.member)
-        (h0, h1), (b0, b1) = m.header_range, m.body_range
-        print(f"member\t{_quote(m.display_name)}")
-        print(f"kind\t{m.kind}")
-        print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
-        if b1 > b0:
-            print(f"body\t{b0}-{b1 - 1}\t({b1 - b0} bytes)")
-            print(f"range\tRange: bytes={b0}-{b1 - 1}")
-        else:
-            print("body\t-\t(0 bytes)")
+    with _Opened(_open(args)) as recordings:
+        names = _names(recordings)
+        for tape, m in recordings[0].locate(args.member):
+            (h0, h1), (b0, b1) = m.header_range, m.body_range
+            print(f"archive\t{_quote(names[(tape.index_path, tape.number)])}")
+            print(f"member\t{_quote(m.display_name)}")
+            print(f"kind\t{m.kind}")
+            print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
+            if b1 > b0:
+                print(f"body\t{b0}-{b1 - 1}\t({b1 - b0} bytes)")
+                print(f"range\tRange: bytes={b0}-{b1 - 1}")
+            else:
+                print("body\t-\t(0 bytes)")
     return 0
 
 
 def _verify(args) -> int:
     changed = 0
-    with _open(args) as tape, TapeReader(tape) as reader:
-        for m in tape.members():
-            reason = reader.check(m)
-            if reason:
-                changed += 1
-                print(f"changed\t{_quote(m.display_name)}\t{reason}")
+    with _Opened(_open(args)) as recordings:
+        total = 0
+        for r in recordings:
+            seen: set[bytes] = set()  # a folder that shards repeat is checked once
+            with r.tapes()[0].reader() as reader:
+                for m in r.members():
+                    if m.source in seen:
+                        continue
+                    if m.kind == "dir":
+                        seen.add(m.source)
+                    total += 1
+                    reason = reader.check(m)
+                    if reason:
+                        changed += 1
+                        print(f"changed\t{_quote(m.display_name)}\t{reason}")
         if changed:
-            print(f"tartape: {changed} of {tape.member_count} members changed since recording; "
-                  f"record again (tartape record {args.src})", file=sys.stderr)
+            again = " ".join(args.src)
+            print(f"tartape: {changed} of {total} members changed since recording; "
+                  f"record again (tartape record {again})", file=sys.stderr)
             return 1
-        print(f"ok: all {tape.member_count} members match their sources")
+        print(f"ok: all {total} members match their sources")
     return 0
 
 
 def _info(args) -> int:
-    with _open(args) as tape:
-        print(f"size\t{tape.total_size}")
-        print(f"members\t{tape.member_count}")
-        print(f"fingerprint\t{tape.fingerprint}")
-        print(f"mtime\t{tape.mtime}")
-        print(f"source\t{tape.source_root}")
-        print(f"prefix\t{show_path(tape.prefix)}")
-        print(f"index\t{tape.index_path}")
+    with _Opened(_open(args)) as recordings:
+        names = _names(recordings)
+        for r in recordings:
+            tapes = r.tapes()
+            print(f"size\t{sum(t.total_size for t in tapes)}")
+            print(f"members\t{r.member_count}")
+            print(f"fingerprint\t{r.fingerprint}")
+            print(f"mtime\t{max(t.mtime for t in tapes)}")
+            print(f"source\t{r.source_root}")
+            print(f"prefix\t{show_path(r.prefix)}")
+            print(f"plan\t{r.plan.describe()}")
+            print(f"index\t{r.index_path}")
+            for t in tapes:
+                print(f"archive\t{_quote(names[(r.index_path, t.number)])}\t{t.total_size}\t{t.member_count}\t"
+                      f"{t.fingerprint}")
     return 0
 
 

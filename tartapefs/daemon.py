@@ -34,17 +34,30 @@ PROG = "tartape-mount"
 READ_AHEAD_KB = 1024
 
 
-def open_tape(args: argparse.Namespace) -> Any:
-    """The tape for ``args.src``: the valid index if there is one, else a new
-    recording (progress on stderr)."""
-    from .tape import open_or_record
+def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """The recordings of ``args.srcs`` (each index reused if valid and planned with
+    these options, else recorded now, progress on stderr) and what the mount
+    shows of them, named."""
+    from .plan import PlanOptions
+    from .tape import archives, record_or_reuse
 
-    progress = Progress("recording index")
-    tape = open_or_record(args.src, index_path=args.index, rescan=args.rescan, progress=progress)
-    progress.done()
-    if progress.count:
-        log.info("recorded %d entries into %s", progress.count, tape.index_path)
-    return tape
+    # No plan option: whatever the recording was planned with; other options than
+    # recorded: record again (never serve a mismatch).
+    plan = PlanOptions(args.shard_size, args.shard_members) if args.shard_size or args.shard_members else None
+    recordings = []
+    try:
+        for src in args.srcs:
+            progress = Progress("recording index")
+            recording = record_or_reuse(src, args.index, args.rescan, progress, plan)
+            recordings.append(recording)
+            progress.done()
+            if progress.count:
+                log.info("recorded %d entries into %s", progress.count, recording.index_path)
+        return recordings, archives(recordings, args.name, args.split)
+    except BaseException:
+        for r in recordings:
+            r.close()
+        raise
 
 
 def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
@@ -52,8 +65,7 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
     os.chdir("/")  # never keep the caller's folder busy
     tune_malloc()
     try:
-        tape = open_tape(args)
-        fs = TapeFS({args.name: tape}, direct_io=args.direct_io)
+        recordings, files = open_archives(args)
     except TartapeError as err:
         readiness.failed(str(err))
         return 1
@@ -62,13 +74,17 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
         readiness.failed(f"{err.filename or args.src}: {err.strerror}")
         return 1
     try:
-        log.info(
-            "serving %s: %d bytes, %d members, from %s (index %s)",
-            args.name, tape.total_size, tape.member_count, args.src, tape.index_path,
-        )
+        fs = TapeFS({f.name: f for f in files}, direct_io=args.direct_io)
+        for r in recordings:
+            tapes = r.tapes()
+            log.info("serving %s: %d archives, %d bytes, %d members, from %s (index %s)",
+                     r.stem, len(tapes), sum(t.total_size for t in tapes), r.member_count,
+                     r.source_root, r.index_path)
+        args.served_name = files[0].name
         return trio.run(serve, fs, args, options, readiness)
     finally:
-        fs.close()
+        for r in recordings:
+            r.close()
 
 
 async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
@@ -78,7 +94,7 @@ async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readine
         # libfuse has printed its own reason on stderr just before.
         readiness.failed(f"{args.mountpoint}: mounting failed ({err}; libfuse says why above)")
         return 1
-    served = os.path.join(args.mountpoint, args.name)
+    served = os.path.join(args.mountpoint, args.served_name)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal)
@@ -91,7 +107,7 @@ async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readine
                 return 1
             _tune_read_ahead(st.st_dev)
             log.info("mounted %s", served)
-            readiness.ready(f"serving {args.name}")
+            readiness.ready(f"serving {args.served_name}")
             if args.ready_fd is not None:
                 detach_stdio(PROG, args.mountpoint, args.log_file)
     finally:

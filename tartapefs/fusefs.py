@@ -1,12 +1,15 @@
-"""The FUSE file system: a read-only directory of named tapes.
+"""The FUSE file system: a read-only directory of named files from a catalogue.
 
 Theory of operation
 -------------------
 The mount shows one flat directory (inode 1) holding one regular file per
-tape, today only ``dataset.tar``. Everything a client sees is fixed when the
-file system is built: names, sizes, mtimes and inodes never change while it is
-mounted, so the kernel may cache attributes and pages for a long time
-(``keep_cache``) and re-reads come from the page cache.
+catalogue entry: an archive (a tape, a shard, a volume) or a sidecar file (the
+``wids`` shard list). An entry is anything with ``total_size`` (bytes),
+``mtime`` (seconds) and ``reader()``, which makes a new byte source
+(:class:`~tartapefs.bytesource.ByteSource`). Names, sizes, mtimes and inodes
+never change while an entry is in the catalogue, so the kernel may cache
+attributes and pages for a long time (``keep_cache``) and re-reads come from
+the page cache.
 
 Rules this module keeps:
 
@@ -17,11 +20,12 @@ Rules this module keeps:
 * Only ``FUSEError`` may leave a handler (anything else stops pyfuse3's main
   loop), so every handler goes through :func:`_translated`, the one place
   where errors become errnos.
-* Handlers run as trio tasks on one thread and never await while reading, so a
-  reader is only ever used by one request at a time. Readers hold no seek
-  position and no source file open between reads, which is why one reader
-  per tape is shared by all open handles.
-* Nothing here knows the TAR format: bytes come from ``TapeReader.read``.
+* Each open handle gets its own byte source, made at ``open`` and closed at
+  ``release``: a thousand shards cost nothing until they are opened, and a
+  handle keeps reading what it opened even if its entry is replaced
+  (:meth:`TapeFS.put`). Handlers run as trio tasks on one thread and never
+  await while reading, so a source is used by one request at a time.
+* Nothing here knows the TAR format: bytes come from ``read(offset, size)``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import pyfuse3
 
+from .bytesource import ByteSource
 from .errors import SourceError, TartapeError
 
 log = logging.getLogger(__name__)
@@ -50,27 +55,17 @@ ATTR_TIMEOUT_S = 3600.0
 NAME_MAX = 255
 
 
-class TapeLike(Protocol):
-    """What the file system needs from a tape (``tartapefs.tape.Tape``)."""
+class Served(Protocol):
+    """What the file system needs from a catalogue entry (``Tape``, ``Volume``, ``Sidecar``)."""
 
     total_size: int  # bytes
     mtime: int  # seconds since the epoch
 
-
-class ReaderLike(Protocol):
-    """What the file system needs from a reader (``tartapefs.reader.TapeReader``)."""
-
-    def read(self, offset: int, size: int) -> bytes: ...
-
-    def close(self) -> None: ...
+    def reader(self) -> ByteSource: ...
 
 
-def _default_reader(tape: Any) -> ReaderLike:
-    # Imported late so this module can be exercised with fake tapes before
-    # (and independently of) the core read path.
-    from .reader import TapeReader
-
-    return TapeReader(tape)
+def _default_reader(item: Any) -> ByteSource:
+    return item.reader()
 
 
 def stable_inode(name: str) -> int:
@@ -83,13 +78,12 @@ def stable_inode(name: str) -> int:
 
 
 @dataclass
-class _Served:
+class _Entry:
     """One file in the root directory."""
 
     name: bytes
     inode: int
-    tape: TapeLike
-    reader: ReaderLike
+    item: Served
     size: int
     mtime_ns: int
 
@@ -120,11 +114,11 @@ def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class TapeFS(pyfuse3.Operations):
-    """Read-only file system serving each tape of ``tapes`` as a file named
+    """Read-only file system serving each entry of ``catalogue`` as a file named
     by its key.
 
-    ``reader_factory(tape)`` makes the object whose ``read(offset, size)``
-    produces the bytes (default: ``TapeReader``). ``direct_io`` bypasses the
+    ``reader_factory(item)`` makes, per open handle, the byte source whose
+    ``read(offset, size)`` produces the bytes (default: ``item.reader()``). ``direct_io`` bypasses the
     page cache: each client read() then arrives whole (up to 1 MiB), which is
     faster for large sequential reads and much slower for small ones.
     ``uid``/``gid`` own every entry (default: the mounting user).
@@ -132,9 +126,9 @@ class TapeFS(pyfuse3.Operations):
 
     def __init__(
         self,
-        tapes: Mapping[str, TapeLike],
+        catalogue: Mapping[str, Served],
         *,
-        reader_factory: Callable[[Any], ReaderLike] = _default_reader,
+        reader_factory: Callable[[Any], ByteSource] = _default_reader,
         direct_io: bool = False,
         uid: int | None = None,
         gid: int | None = None,
@@ -143,38 +137,37 @@ class TapeFS(pyfuse3.Operations):
         self._direct_io = direct_io
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
-        self._by_name: dict[bytes, _Served] = {}
-        self._by_inode: dict[int, _Served] = {}
-        for name, tape in sorted(tapes.items()):
-            self._add(name, tape, reader_factory)
-        self._open: dict[int, _Served] = {}
+        self._reader_factory = reader_factory
+        self._by_name: dict[bytes, _Entry] = {}
+        self._by_inode: dict[int, _Entry] = {}
+        for name, item in sorted(catalogue.items()):
+            self.put(name, item)
+        self._open: dict[int, tuple[_Entry, ByteSource]] = {}
         self._next_fh = 1
         # (member, reason) pairs already logged at error level, so a client
         # retrying a broken member page by page does not flood the log.
         self._reported: set[tuple[str, str]] = set()
 
-    def _add(self, name: str, tape: TapeLike, reader_factory: Callable[[Any], ReaderLike]) -> None:
+    def put(self, name: str, item: Served) -> None:
+        """Serve ``item`` as ``name``, replacing an entry of that name (its open
+        handles keep reading what they opened). ValueError for a bad name."""
         raw = os.fsencode(name)
         if not raw or b"/" in raw or raw in (b".", b"..") or len(raw) > NAME_MAX:
             raise ValueError(f"{name!r}: not a valid file name for a tape")
         inode = stable_inode(name)
-        if inode in self._by_inode:
+        other = self._by_inode.get(inode)
+        if other is not None and other.name != raw:
             raise ValueError(f"{name!r}: inode collides with another tape, rename it")
-        served = _Served(
-            name=raw,
-            inode=inode,
-            tape=tape,
-            reader=reader_factory(tape),
-            size=tape.total_size,
-            mtime_ns=tape.mtime * 1_000_000_000,
-        )
-        self._by_name[raw] = served
-        self._by_inode[inode] = served
+        entry = _Entry(name=raw, inode=inode, item=item, size=item.total_size,
+                       mtime_ns=item.mtime * 1_000_000_000)
+        self._by_name[raw] = entry
+        self._by_inode[inode] = entry
 
     def close(self) -> None:
-        """Close every reader (its source root and index)."""
-        for served in self._by_inode.values():
-            served.reader.close()
+        """Close the byte source of every handle still open."""
+        for _, source in self._open.values():
+            source.close()
+        self._open.clear()
 
     # -- attributes -----------------------------------------------------
 
@@ -206,7 +199,7 @@ class TapeFS(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
         return attr
 
-    def _served(self, inode: int) -> _Served:
+    def _served(self, inode: int) -> _Entry:
         try:
             return self._by_inode[inode]
         except KeyError:
@@ -273,20 +266,21 @@ class TapeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = self._next_fh
         self._next_fh += 1
-        # Handles remember what they opened: if tapes are ever swapped while
-        # mounted, an open handle keeps reading its own generation.
-        self._open[fh] = served
+        # Handles remember what they opened: an entry replaced while mounted
+        # leaves open handles reading their own.
+        self._open[fh] = (served, self._reader_factory(served.item))
         # keep_cache: the bytes never change, so pages cached by an earlier
         # open stay valid.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct_io)
 
     @_translated
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        served = self._open.get(fh)
-        if served is None:
+        handle = self._open.get(fh)
+        if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        served, source = handle
         expected = max(0, min(size, served.size - off))
-        data = served.reader.read(off, size) if expected else b""
+        data = source.read(off, size) if expected else b""
         if len(data) != expected:
             # Never pass a short read on: the kernel would take it as EOF.
             log.error(
@@ -298,7 +292,9 @@ class TapeFS(pyfuse3.Operations):
 
     @_translated
     async def release(self, fh: int) -> None:
-        self._open.pop(fh, None)
+        handle = self._open.pop(fh, None)
+        if handle is not None:
+            handle[1].close()
 
     # -- logging --------------------------------------------------------
 

@@ -25,7 +25,8 @@ import sys
 import threading
 from typing import NoReturn, Sequence
 
-from .process import OneLineParser, Readiness, log_for_mount
+from .process import OneLineParser, Readiness, log_for_mount, size_argument
+from .record import check_sources
 from .errors import UsageError
 from .mountinfo import FSTYPE, mounted_fstype
 
@@ -50,13 +51,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Mount SRC as a read-only TAR file at MOUNTPOINT/NAME.",
         epilog=f"Unmount with: {PROG} -u MOUNTPOINT",
     )
-    p.add_argument("src", nargs="?", metavar="SRC", help="folder to present as a tar archive")
-    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="empty folder to mount on")
+    p.add_argument("paths", nargs="*", metavar="SRC... MOUNTPOINT",
+                   help="folder(s) to present as tar archives, one index each, then the empty folder to mount on")
     p.add_argument("-u", "--unmount", metavar="MOUNTPOINT", help="unmount MOUNTPOINT and exit")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                    help="FUSE mount options, e.g. allow_other")
-    p.add_argument("--name", default="dataset.tar", help="file name of the archive (default: %(default)s)")
+    p.add_argument("--name", help="file name of the archive of one folder (default: dataset.tar)")
+    p.add_argument("--shard-size", metavar="SIZE", type=size_argument("--shard-size"),
+                   help="serve WebDataset shards of at most SIZE (10G, 512MiB) and NAME.wids.json")
+    p.add_argument("--shard-members", metavar="N", type=int, help="serve shards of at most N members")
+    p.add_argument("--split", metavar="SIZE", type=size_argument("--split"),
+                   help="serve each archive as volumes of SIZE bytes: NAME.001, NAME.002...")
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
     p.add_argument("--direct-io", action="store_true",
@@ -74,17 +80,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.unmount is not None:
-        if args.src is not None:
+        if args.paths:
             parser.error("-u takes only the mount point")
         return args
-    if args.src is None or args.mountpoint is None:
+    if len(args.paths) < 2:
         parser.error("SRC and MOUNTPOINT are required (or -u MOUNTPOINT)")
-    if "/" in args.name or args.name in ("", ".", ".."):
+    if args.name is not None and ("/" in args.name or args.name in ("", ".", "..")):
         parser.error(f"--name {args.name!r}: must be a plain file name")
+    if args.shard_members is not None and args.shard_members < 1:
+        parser.error(f"--shard-members {args.shard_members}: must be at least 1")
+    if args.name is not None and (args.shard_size or args.shard_members):
+        parser.error("--name: shards are named after their folder (NAME-000000.tar); drop --name")
+    if args.index is not None and len(args.paths) > 2:
+        parser.error("--index: one index per folder; give --index with one SRC only")
+    *srcs, mountpoint = args.paths
     # Absolute paths: the daemon leaves the working directory (it must not
     # keep the caller's folder busy).
-    args.src = os.path.abspath(args.src)
-    args.mountpoint = os.path.abspath(args.mountpoint)
+    args.srcs = [os.path.abspath(src) for src in srcs]
+    args.src = args.srcs[0]
+    args.mountpoint = os.path.abspath(mountpoint)
     if args.index is not None:
         args.index = os.path.abspath(args.index)
     if args.log_file is not None:
@@ -250,10 +264,12 @@ def unmount_command(mnt: str) -> int:
 
 
 def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
-    argv = [sys.executable, "-m", "tartapefs.mount", args.src, args.mountpoint, "--foreground",
-            f"--ready-fd={ready_fd}", f"--name={args.name}", f"--log-level={args.log_level}"]
+    argv = [sys.executable, "-m", "tartapefs.mount", *args.srcs, args.mountpoint, "--foreground",
+            f"--ready-fd={ready_fd}", f"--log-level={args.log_level}"]
     argv += [f"-o{group}" for group in args.options]
-    for flag, value in (("--index", args.index), ("--log-file", args.log_file)):
+    for flag, value in (("--index", args.index), ("--log-file", args.log_file), ("--name", args.name),
+                        ("--shard-size", args.shard_size), ("--shard-members", args.shard_members),
+                        ("--split", args.split)):
         if value is not None:
             argv.append(f"{flag}={value}")
     for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io)):
@@ -321,8 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Checked before anything starts, so mistakes get one line from the
         # command the user typed (the background child checks again: cheap).
-        check_source(args.src)
-        check_mountpoint(args.mountpoint, args.src)
+        for src in args.srcs:
+            check_source(src)
+            check_mountpoint(args.mountpoint, src)
+        check_sources(args.srcs)
         options = fuse_options(args)
         check_fuse_device()
     except UsageError as err:

@@ -216,3 +216,24 @@ def recording_fingerprint(tapes: list[PlannedTape]) -> str:
     for t in tapes:
         digest.update(b"%s\0%s\n" % (os.fsencode(t.name), t.fingerprint.encode()))
     return digest.hexdigest()
+
+
+def check_sources(srcs: list[str]) -> list[str]:
+    """The real paths of several source folders, or UsageError in one line when one
+    is not a readable folder, the same folder is given twice, one lies inside
+    another, or two share a name (their archives would too)."""
+    real = [_source_dir(src) for src in srcs]
+    by_name: dict[str, str] = {}
+    for src, path in zip(srcs, real):
+        for other_src, other in zip(srcs, real):
+            if other is path:
+                continue
+            if other == path:
+                raise UsageError(f"{src}: given twice (as {other_src} too)")
+            if path.startswith(other.rstrip(os.sep) + os.sep):
+                raise UsageError(f"{src}: inside {other_src}, which is a source too")
+        name = os.path.basename(path)
+        if len(srcs) > 1 and name in by_name:
+            raise UsageError(f"{src}: named like {by_name[name]}; two archives would be {name}.tar")
+        by_name[name] = src
+    return real

@@ -129,10 +129,11 @@ class Mount:
     log: Path
     proc: subprocess.Popen | None = None  # foreground daemon, when started with -f
     pids: list[int] = field(default_factory=list)  # background daemons
+    name: str = NAME  # the file whose appearance says the mount is up
 
     @property
     def file(self) -> Path:
-        return self.mnt / NAME
+        return self.mnt / self.name
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -170,11 +171,14 @@ class Mounts:
         self.started.append(m)
         return m
 
-    def foreground(self, src: Path, mnt: Path | None = None, *args: str) -> Mount:
-        """``tartape-mount -f`` as a child process; returns once the file answers."""
+    def foreground(self, src: Path, mnt: Path | None = None, *args: str, name: str = NAME,
+                   more: tuple[Path, ...] = ()) -> Mount:
+        """``tartape-mount -f`` as a child process; returns once the file ``name``
+        answers. ``more``: further source folders before the mount point."""
         m = self._new(src, mnt)
+        m.name = name
         m.proc = subprocess.Popen(
-            [*TARTAPE_MOUNT, str(src), str(m.mnt), "-f", "--log-file", str(m.log), *args],
+            [*TARTAPE_MOUNT, str(src), *map(str, more), str(m.mnt), "-f", "--log-file", str(m.log), *args],
             env=daemon_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -183,7 +187,10 @@ class Mounts:
             if m.proc.poll() is not None:
                 pytest.fail(f"tartape-mount exited {m.proc.returncode}: "
                             f"{m.proc.stderr.read().decode(errors='replace')}{m.log_text()}")
-            return mounted_fstype(m.mnt) == "fuse.tartapefs" and m.file.exists()
+            # The daemon logs "mounted" once it has seen its own mount answer: after
+            # that line it writes nothing more unless something happens.
+            return (mounted_fstype(m.mnt) == "fuse.tartapefs" and m.file.exists()
+                    and "mounted " in m.log_text())
 
         wait_until(up, f"mount of {src} at {m.mnt}")
         return m

@@ -87,13 +87,14 @@ def test_stream_from_a_start_offset_resumes_at_that_byte(recorded, where, tmp_pa
 
 
 @pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
-def test_ls_lists_one_line_per_member_with_offset_and_size(hard_tree, hard_tape, locale):
+def test_ls_lists_one_line_per_member_with_archive_offset_and_size(hard_tree, hard_tape, locale):
     out = ok("ls", hard_tree.root, env={**os.environ, "LC_ALL": locale})
     lines = out.splitlines()
     members = list(hard_tape.members())
     assert len(lines) == len(members)
     for line, m in zip(lines, members):
-        offset, size, name = line.split(b"\t", 2)
+        archive, offset, size, name = line.split(b"\t", 3)
+        assert archive == b"dataset.tar"
         assert (int(offset), int(size)) == (m.offset, m.size)
         if m.display_name == m.arc_path:  # valid UTF-8: shown as is, \n and \t escaped
             assert name == m.name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\t", b"\\t")

@@ -142,10 +142,30 @@ def test_released_handles_are_forgotten():
     assert fuse_errno(fs, "read", fh, 0, 1) == errno.EBADF
 
 
-def test_close_closes_every_reader():
-    tape = FakeTape(b"abc")
-    make_fs(tape).close()
-    assert tape.closed
+def test_a_reader_is_made_per_open_handle_and_closed_with_it():
+    made = []
+
+    def factory(tape):
+        made.append(FakeTape(tape.data))
+        return made[-1]
+
+    fs = TapeFS({"dataset.tar": FakeTape(b"abc")}, reader_factory=factory)
+    assert made == []  # nothing is opened for an entry nobody reads
+    first, second = opened(fs), opened(fs)
+    assert len(made) == 2
+    call(fs, "release", first)
+    assert made[0].closed and not made[1].closed
+    fs.close()
+    assert made[1].closed
+
+
+def test_a_replaced_entry_leaves_open_handles_reading_their_own():
+    fs = make_fs(FakeTape(b"old bytes"))
+    fh = opened(fs)
+    fs.put("dataset.tar", FakeTape(b"new bytes!", mtime=5))
+    assert call(fs, "read", fh, 0, 100) == b"old bytes"
+    assert call(fs, "read", opened(fs), 0, 100) == b"new bytes!"
+    assert call(fs, "getattr", stable_inode("dataset.tar"), None).st_size == 10
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x" * 256])
