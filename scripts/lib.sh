@@ -94,3 +94,34 @@ tt_venv_setup() {
         'import sys, tartapefs.native as n; n.module or print("tartapefs:", n.ACTIVE, file=sys.stderr)'
     echo "$want" >"$stamp"
 }
+
+# Peer programs the tests drive that are Python packages but never our dependencies, each in a
+# virtualenv of its own (REPO/.venv-NAME), redone only when its package list changes:
+# - loaders: webdataset's loader and wids (random access over a shard list), which imports torch;
+#   torch 2.13.0 is the CPU build this kind of machine keeps on disk (no large download).
+# - ratarmount: mounts split volumes as one archive (its FUSE binding is its own: mfusepy).
+TT_PEER_LOADERS=(torch==2.13.0 webdataset==1.0.2 wids==0.1.11)
+TT_PEER_RATARMOUNT=(ratarmount==1.3.0)
+
+tt_peer_venv() {
+    local name=$1 venv stamp want python
+    shift
+    venv="$TT_REPO/.venv-$name"
+    stamp="$venv/.tartapefs-peer"
+    want=$(printf '%s\n' "$@" | sha256sum | cut -d' ' -f1)
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    echo "installing test peers into .venv-$name: $*" >&2
+    if [ ! -x "$venv/bin/python" ]; then
+        python=$(tt_find_python)
+        tt_quiet "$python" -m venv "$venv"
+    fi
+    tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"
+    echo "$want" >"$stamp"
+}
+
+tt_peers_setup() {
+    tt_peer_venv loaders "${TT_PEER_LOADERS[@]}"
+    tt_peer_venv ratarmount "${TT_PEER_RATARMOUNT[@]}"
+}

@@ -20,11 +20,12 @@ Rules this module keeps:
 * Only ``FUSEError`` may leave a handler (anything else stops pyfuse3's main
   loop), so every handler goes through :func:`_translated`, the one place
   where errors become errnos.
-* Each open handle gets its own byte source, made at ``open`` and closed at
-  ``release``: a thousand shards cost nothing until they are opened, and a
-  handle keeps reading what it opened even if its entry is replaced
-  (:meth:`TapeFS.put`). Handlers run as trio tasks on one thread and never
-  await while reading, so a source is used by one request at a time.
+* An entry's byte source is made when the first handle opens it and closed
+  when the last one is released: a thousand shards cost nothing until they
+  are read, and handles keep reading what they opened even if the entry is
+  replaced (:meth:`TapeFS.put`). Handlers run as trio tasks on one thread
+  and never await while reading, so a source is used by one request at a
+  time, and the handles of one entry share it.
 * Nothing here knows the TAR format: bytes come from ``read(offset, size)``.
 """
 
@@ -65,6 +66,8 @@ class Served(Protocol):
 
 
 def _default_reader(item: Any) -> ByteSource:
+    # A tape's reader goes through its recording's connection, opened at mount: it
+    # keeps serving the recording that was mounted.
     return item.reader()
 
 
@@ -79,13 +82,15 @@ def stable_inode(name: str) -> int:
 
 @dataclass
 class _Entry:
-    """One file in the root directory."""
+    """One file in the root directory, and its byte source while handles are open."""
 
     name: bytes
     inode: int
     item: Served
     size: int
     mtime_ns: int
+    source: ByteSource | None = None
+    handles: int = 0
 
 
 def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,7 +147,7 @@ class TapeFS(pyfuse3.Operations):
         self._by_inode: dict[int, _Entry] = {}
         for name, item in sorted(catalogue.items()):
             self.put(name, item)
-        self._open: dict[int, tuple[_Entry, ByteSource]] = {}
+        self._open: dict[int, _Entry] = {}
         self._next_fh = 1
         # (member, reason) pairs already logged at error level, so a client
         # retrying a broken member page by page does not flood the log.
@@ -165,8 +170,10 @@ class TapeFS(pyfuse3.Operations):
 
     def close(self) -> None:
         """Close the byte source of every handle still open."""
-        for _, source in self._open.values():
-            source.close()
+        for entry in self._open.values():
+            if entry.source is not None:
+                entry.source.close()
+                entry.source = None
         self._open.clear()
 
     # -- attributes -----------------------------------------------------
@@ -268,19 +275,21 @@ class TapeFS(pyfuse3.Operations):
         self._next_fh += 1
         # Handles remember what they opened: an entry replaced while mounted
         # leaves open handles reading their own.
-        self._open[fh] = (served, self._reader_factory(served.item))
+        if served.source is None:
+            served.source = self._reader_factory(served.item)
+        served.handles += 1
+        self._open[fh] = served
         # keep_cache: the bytes never change, so pages cached by an earlier
         # open stay valid.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct_io)
 
     @_translated
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._open.get(fh)
-        if handle is None:
+        served = self._open.get(fh)
+        if served is None or served.source is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        served, source = handle
         expected = max(0, min(size, served.size - off))
-        data = source.read(off, size) if expected else b""
+        data = served.source.read(off, size) if expected else b""
         if len(data) != expected:
             # Never pass a short read on: the kernel would take it as EOF.
             log.error(
@@ -292,9 +301,12 @@ class TapeFS(pyfuse3.Operations):
 
     @_translated
     async def release(self, fh: int) -> None:
-        handle = self._open.pop(fh, None)
-        if handle is not None:
-            handle[1].close()
+        served = self._open.pop(fh, None)
+        if served is not None:
+            served.handles -= 1
+            if not served.handles and served.source is not None:
+                served.source.close()
+                served.source = None
 
     # -- logging --------------------------------------------------------
 

@@ -188,7 +188,9 @@ class Tape:
         return member
 
     def reader(self, source_root: str | None = None):
-        """A new :class:`~tartapefs.reader.TapeReader` of this tape."""
+        """A new :class:`~tartapefs.reader.TapeReader` of this tape (one per thread): it
+        reads through the recording's connection, so it serves the recording as it
+        was opened even if the folder is recorded again meanwhile."""
         from .reader import TapeReader
 
         return TapeReader(self, source_root)

@@ -142,7 +142,7 @@ def test_released_handles_are_forgotten():
     assert fuse_errno(fs, "read", fh, 0, 1) == errno.EBADF
 
 
-def test_a_reader_is_made_per_open_handle_and_closed_with_it():
+def test_a_reader_is_made_at_the_first_open_and_closed_at_the_last_release():
     made = []
 
     def factory(tape):
@@ -152,9 +152,13 @@ def test_a_reader_is_made_per_open_handle_and_closed_with_it():
     fs = TapeFS({"dataset.tar": FakeTape(b"abc")}, reader_factory=factory)
     assert made == []  # nothing is opened for an entry nobody reads
     first, second = opened(fs), opened(fs)
-    assert len(made) == 2
+    assert len(made) == 1  # the handles of one entry share it
     call(fs, "release", first)
-    assert made[0].closed and not made[1].closed
+    assert not made[0].closed
+    call(fs, "release", second)
+    assert made[0].closed
+    third = opened(fs)
+    assert len(made) == 2 and call(fs, "read", third, 0, 3) == b"abc"
     fs.close()
     assert made[1].closed
 

@@ -87,3 +87,87 @@ def test_bad_archive_options_are_one_line_and_mount_nothing(photos, tmp_path, ca
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and reason in lines[0], done.stderr
     assert os.listdir(mnt) == [] and not (photos / ".tartape").exists()
+
+
+# -- real peers: webdataset, wids, ratarmount (each in its own virtualenv, see scripts/lib.sh) ---
+
+
+def peer_python(name: str) -> Path:
+    python = Path(__file__).resolve().parent.parent / f".venv-{name}" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} missing: scripts/test installs the test peers (scripts/lib.sh tt_peers_setup)")
+    return python
+
+
+def webdataset_samples(datas: list[bytes]) -> list[list]:
+    """The samples webdataset's rules give (regular members whose name has a key and
+    an extension, grouped while the key repeats), from the shards' bytes via tarfile."""
+    import hashlib
+    import io
+    import re
+    import tarfile
+
+    samples: list[list] = []
+    for data in datas:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            for info in tf.getmembers():
+                match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", info.name)
+                if not info.isreg() or not match:
+                    continue
+                key, ext = match.groups()
+                if not samples or samples[-1][0] != key:
+                    samples.append([key, {}])
+                samples[-1][1][ext] = hashlib.sha256(tf.extractfile(info).read()).hexdigest()
+    return samples
+
+
+def test_webdataset_reads_every_sample_and_wids_reads_them_at_random(mounts, photos, tmp_path):
+    python = peer_python("loaders")
+    m = mounts.foreground(photos, None, "--shard-size", str(SHARD), name="photos.wids.json")
+    with Recording.discover(str(photos)) as recording:
+        datas = []
+        for tape in recording.tapes():
+            with tape.reader() as reader:
+                datas.append(reader.read(0, tape.total_size))
+        nsamples = sum(t.nsamples for t in recording.tapes())
+    out = tmp_path / "read.json"
+    done = subprocess.run([python, Path(__file__).parent / "peers" / "read_shards.py", m.mnt, "photos", "7", out],
+                          capture_output=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    read = json.loads(out.read_text())
+    expected = webdataset_samples(datas)
+    assert len(expected) > 50 and read["loader"] == expected
+    assert read["wids_len"] == nsamples == len(read["wids"])
+    # wids keys a member without a dot in its name differently; every other sample is the loader's
+    by_key = {key: files for key, files in expected}
+    random_order = [key for key, _ in read["wids"]]
+    assert random_order != sorted(random_order)
+    for key, files in read["wids"]:
+        if key in by_key:
+            assert files == by_key[key], key
+    assert {k for k, _ in read["wids"]} >= {k for k in by_key if "." not in k.rsplit("/", 1)[-1]} - {"photos/odd/a"}
+
+
+def test_ratarmount_mounts_the_split_volumes_as_one_archive(mounts, photos, tmp_path):
+    python = peer_python("ratarmount")
+    m = mounts.foreground(photos, None, "--split", "100000", name="dataset.tar.001")
+    rmnt = tmp_path / "ratarmount"
+    rmnt.mkdir()
+    ratarmount = python.parent / "ratarmount"
+    env = {**os.environ, "HOME": str(tmp_path)}  # its index goes to ~/.ratarmount: the mount is read-only
+    try:
+        done = subprocess.run([ratarmount, m.mnt / "dataset.tar.001", rmnt], capture_output=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+        # ratarmount shows a hard link as a symlink to its first path: compare names and contents
+        source = {p.relative_to(photos) for p in photos.rglob("*") if ".tartape" not in p.parts}
+        assert {p.relative_to(rmnt / "photos") for p in (rmnt / "photos").rglob("*")} == source
+        files = [rel for rel in source if (photos / rel).is_file() and not (photos / rel).is_symlink()]
+        assert len(files) > 100
+        for rel in files:
+            if (rmnt / "photos" / rel).is_symlink():
+                assert (photos / rel).stat().st_nlink > 1, rel  # a hard link member
+                continue
+            assert (rmnt / "photos" / rel).read_bytes() == (photos / rel).read_bytes(), rel
+    finally:
+        subprocess.run(["fusermount3", "-u", str(rmnt)], capture_output=True)
