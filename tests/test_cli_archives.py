@@ -16,6 +16,8 @@ from test_cli import assert_user_error, ok, tartape
 from test_shards import build_sample_tree
 from tartapefs import Recording
 
+pytestmark = pytest.mark.index
+
 
 @pytest.fixture
 def photos(tmp_path) -> Path:

@@ -18,6 +18,8 @@ from tartapefs.plan import sample_key, volume_name
 from tartapefs.tape import archives, record_or_reuse, volumes
 from trees import tree_differences
 
+pytestmark = pytest.mark.index
+
 SHARD = 64 << 10
 MTIME = 1_650_000_000
 
