@@ -120,3 +120,12 @@ def test_bad_input_is_one_line_and_writes_nothing(photos, tmp_path, case):
     assert_user_error(proc)
     assert not out.exists()
     assert not (photos / ".tartape").exists() and not (tmp_path / "i.db").exists()
+
+
+def test_verify_checks_a_sharded_recording_member_by_member(photos):
+    ok("record", photos, "--shard-size", "64KiB")
+    assert b"ok: all" in ok("verify", photos)
+    (photos / "odd" / "b.cls").write_text("changed")
+    proc = tartape("verify", photos)
+    assert proc.returncode == 1
+    assert [line.split(b"\t")[1] for line in proc.stdout.splitlines()] == [b"photos/odd/b.cls"]
