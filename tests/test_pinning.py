@@ -86,17 +86,18 @@ def test_stream_reads_the_recording_it_made_or_opened(tmp_path, monkeypatch, cap
     """`tartape stream` opens (or records) a tape, then reads it: a recording in between
     must not reach the read."""
     from tartapefs import cli
+    from tartapefs.tape import Tape
 
     src = build_small_tree(tmp_path)
     with record(src) as tape:
         expected = archive_of(tape)
-    real_reader = cli.TapeReader
+    real_reader = Tape.reader  # what the command reads each archive through
 
-    def reader_after_a_new_recording(tape, *args, **kw):
+    def reader_after_a_new_recording(self, *args, **kw):
         record_again(src)
-        return real_reader(tape, *args, **kw)
+        return real_reader(self, *args, **kw)
 
-    monkeypatch.setattr(cli, "TapeReader", reader_after_a_new_recording)
+    monkeypatch.setattr(Tape, "reader", reader_after_a_new_recording)
     out = tmp_path / "out.tar"
     assert cli.main(["stream", str(src), "-o", str(out)]) == 0
     assert out.read_bytes() == expected
