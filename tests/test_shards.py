@@ -257,3 +257,17 @@ def test_names_collide_in_one_line(whole, sharded):
         archives([sharded[1]], name="x.tar")
     with pytest.raises(UsageError, match="two archives would have this name"):
         archives([tape.recording, tape.recording])
+
+
+def test_shards_with_split_are_each_cut_into_volumes_and_list_no_shard_list(sharded):
+    _, recording, datas = sharded
+    files = archives([recording], split=20_000)
+    assert not [f for f in files if f.name.endswith(".wids.json")]
+    for tape, data in zip(recording.tapes(), datas):
+        parts = [f for f in files if f.name.startswith(tape.name + ".")]
+        assert [p.name for p in parts] == [volume_name(tape.name, i, len(parts)) for i in range(len(parts))]
+        joined = b""
+        for part in parts:
+            with part.reader() as reader:
+                joined += reader.read(0, part.total_size)
+        assert joined == data
