@@ -131,8 +131,13 @@ def test_webdataset_reads_every_sample_and_wids_reads_them_at_random(mounts, pho
                 datas.append(reader.read(0, tape.total_size))
         nsamples = sum(t.nsamples for t in recording.tapes())
     out = tmp_path / "read.json"
-    done = subprocess.run([python, Path(__file__).parent / "peers" / "read_shards.py", m.mnt, "photos", "7", out],
+    done = subprocess.run([python, Path(__file__).parent / "peers" / "read_shards.py", m.mnt, "photos", "7", out,
+                           tmp_path / "wids-cache"],
                           capture_output=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=600)
+    try:  # wids makes this empty folder when imported (a default argument), whatever cache is used
+        os.rmdir("/tmp/_wids_cache")
+    except OSError:
+        pass
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     read = json.loads(out.read_text())
     expected = webdataset_samples(datas)

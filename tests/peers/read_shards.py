@@ -1,9 +1,10 @@
 """Run by a peer virtualenv's Python (webdataset, wids, torch): read the shards a
 mount serves the way a training job would, and print what was read as JSON on
 OUT: {"loader": [[key, {extension: sha256}], ...], "wids": [...], "wids_len": N}
-(a file: wids prints its warnings on stdout).
+(a file: wids prints its warnings on stdout). wids copies each shard it reads
+into CACHE first (its way with any url), then reads samples there.
 
-Usage: python read_shards.py MOUNT STEM SEED OUT
+Usage: python read_shards.py MOUNT STEM SEED OUT CACHE
 """
 
 import hashlib
@@ -21,10 +22,11 @@ def digest(sample: dict) -> dict:
 
 
 def main() -> None:
-    mount, stem, seed, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    mount, stem, seed, out, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     shards = sorted(os.path.join(mount, n) for n in os.listdir(mount) if n.endswith(".tar"))
     loaded = [[s["__key__"], digest(s)] for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False)]
-    dataset = wids.ShardListDataset(os.path.join(mount, f"{stem}.wids.json"), transformations=[], keep=True)
+    dataset = wids.ShardListDataset(os.path.join(mount, f"{stem}.wids.json"), transformations=[],
+                                    cache_dir=cache)
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
     at_random = []
