@@ -25,12 +25,13 @@ from .ratarindex import write_ratarmount_index as write_ratarmount_index  # noqa
 from .reader import TapeReader as TapeReader  # noqa: E402
 from .record import TapeRecorder as TapeRecorder  # noqa: E402
 from .stream import TapePlayer as TapePlayer  # noqa: E402
+from .tape import EncryptedTape as EncryptedTape  # noqa: E402
 from .tape import Recording as Recording  # noqa: E402
 from .tape import Tape as Tape  # noqa: E402
 from .tape import Volume as Volume  # noqa: E402
 
 __all__ = [
-    "AgeUnavailableError", "ArchiveError", "ByteSource", "EncryptedReader", "EncryptionState", "MemoryTape",
+    "AgeUnavailableError", "ArchiveError", "ByteSource", "EncryptedReader", "EncryptedTape", "EncryptionState", "MemoryTape",
     "PlanOptions", "Recipient", "RecipientError", "Recording", "SourceBusyError", "SourceChangedError",
     "SourceError", "StreamSizeError", "Tape", "TapePlayer", "TapeReader", "TapeRecorder", "TartapeError", "Volume",
     "__version__", "load_recipients",

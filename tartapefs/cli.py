@@ -16,11 +16,12 @@ from contextlib import closing
 
 from . import __version__, extract, native
 from .errors import UsageError, show_path
-from .process import OneLineParser, Progress, log_to_stderr, run_main, size_argument
+from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
+                      size_argument)
 from .reader import tune_malloc
 from .plan import PlanOptions
 from .record import TapeRecorder, check_sources
-from .tape import Recording, Tape, archives, record_or_reuse
+from .tape import EncryptedTape, Recording, Tape, archives, record_or_reuse
 
 _CHUNK = 1 << 20
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-owner", action="store_true", help="keep real uid/gid and owner names")
     p.add_argument("--exclude", metavar="GLOB", action="append", default=[], help="leave out matching paths (repeatable)")
     plan_options(p)
+    encryption_arguments(p, "serve")
 
     p = command("stream", _stream, "write the archive(s) (to stdout, -o FILE or -o DIR/); records first if needed")
     p.add_argument("--start-offset", metavar="N", type=int, default=0, help="start at byte N (resume)")
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", metavar="SIZE", type=size_argument("--split"),
                    help="volumes of SIZE bytes: NAME.001, NAME.002...")
     plan_options(p)
+    encryption_arguments(p, "write")
 
     command("ls", _ls, "list members: archive, offset, size, name")
     p = command("locate", _locate, "the archive and byte ranges of a member's header and body", several=False)
@@ -138,6 +141,7 @@ class _Opened:
 
 def _record(args) -> int:
     srcs = _sources(args)
+    recipients = recipients_of(args)
     for src in srcs:
         progress = Progress("tartape: scanned")
         recorder = TapeRecorder(
@@ -148,13 +152,15 @@ def _record(args) -> int:
             prefix=args.prefix,
             progress=progress,
             plan=_plan(args) or PlanOptions(),
+            recipients=recipients,
         )
         fingerprint = recorder.commit()
         progress.done()
         count = sum(t.member_count for t in recorder.tapes)
         size = sum(t.total_size for t in recorder.tapes)
         shards = f" in {len(recorder.tapes)} shards" if recorder.plan.sharded else ""
-        print(f"recorded {count} members, {size} bytes{shards}, fingerprint {fingerprint}")
+        encrypted = f", encrypted (age, {len(recipients)} recipients)" if recipients else ""
+        print(f"recorded {count} members, {size} bytes{shards}, fingerprint {fingerprint}{encrypted}")
         print(f"index: {recorder.index_path}")
     return 0
 
@@ -163,6 +169,7 @@ def _stream(args) -> int:
     tune_malloc()
     srcs = _sources(args)
     plan = _plan(args)
+    recipients = recipients_of(args)
     if plan and args.name:
         raise UsageError("--name: shards are named after their folder (NAME-000000.tar); drop --name")
     to_dir = bool(args.output) and (args.output.endswith("/") or os.path.isdir(args.output))
@@ -172,7 +179,7 @@ def _stream(args) -> int:
     try:
         for src in srcs:
             progress = Progress("tartape: scanned")
-            recordings.append(record_or_reuse(src, args.index, progress=progress, plan=plan))
+            recordings.append(record_or_reuse(src, args.index, progress=progress, plan=plan, recipients=recipients))
             progress.done()
         with _Opened(recordings):
             files = archives(recordings, args.name, args.split)
@@ -254,9 +261,15 @@ def _copy(reader, start: int, total: int, write: Callable[[bytes], object]) -> N
         write(reader.read(offset, _CHUNK))
 
 
+def _served(recordings: list[Recording]) -> dict[tuple[str, int], Tape | EncryptedTape]:
+    """(index path, tape number) -> the archive as stream and the mount give it (its name)."""
+    return {(f.index_path, f.number): f for f in archives(recordings) if isinstance(f, (Tape, EncryptedTape))}
+
+
 def _names(recordings: list[Recording]) -> dict[tuple[str, int], str]:
-    """(index path, tape number) -> the archive's name as stream and the mount give it."""
-    return {(f.index_path, f.number): f.name for f in archives(recordings) if isinstance(f, Tape)}
+    """(index path, tape number) -> the name of the tar that member offsets are counted in:
+    the archive's, or for an age file the tar it holds (``dataset.tar`` of ``dataset.tar.age``)."""
+    return {key: f.tape.name if isinstance(f, EncryptedTape) else f.name for key, f in _served(recordings).items()}
 
 
 def _ls(args) -> int:
@@ -277,6 +290,8 @@ def _locate(args) -> int:
         for tape, m in recordings[0].locate(args.member):
             (h0, h1), (b0, b1) = m.header_range, m.body_range
             print(f"archive\t{_quote(names[(tape.index_path, tape.number)])}")
+            if tape.encryption is not None:  # served as NAME.age: the ranges are of the tar it holds
+                print(f"encrypted\t{_quote(names[(tape.index_path, tape.number)])}.age")
             print(f"member\t{_quote(m.display_name)}")
             print(f"kind\t{m.kind}")
             print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
@@ -316,10 +331,11 @@ def _verify(args) -> int:
 
 def _info(args) -> int:
     with _Opened(_open(args)) as recordings:
-        names = _names(recordings)
+        served = _served(recordings)
         for r in recordings:
             tapes = r.tapes()
-            print(f"size\t{sum(t.total_size for t in tapes)}")
+            items = [served[(r.index_path, t.number)] for t in tapes]
+            print(f"size\t{sum(f.total_size for f in items)}")
             print(f"members\t{r.member_count}")
             print(f"fingerprint\t{r.fingerprint}")
             print(f"mtime\t{max(t.mtime for t in tapes)}")
@@ -327,9 +343,13 @@ def _info(args) -> int:
             print(f"prefix\t{show_path(r.prefix)}")
             print(f"plan\t{r.plan.describe()}")
             print(f"index\t{r.index_path}")
-            for t in tapes:
-                print(f"archive\t{_quote(names[(r.index_path, t.number)])}\t{t.total_size}\t{t.member_count}\t"
-                      f"{t.fingerprint}")
+            for recipient in r.recipients or ():
+                print(f"recipient\t{recipient}")
+            for t, f in zip(tapes, items):
+                print(f"archive\t{_quote(f.name)}\t{f.total_size}\t{t.member_count}\t{f.fingerprint}")
+                if isinstance(f, EncryptedTape):
+                    print(f"encrypted\t{_quote(f.name)}\theader {f.header_size} bytes\tplaintext "
+                          f"{_quote(f.tape.name)} {f.plaintext_size} bytes")
     return 0
 
 

@@ -35,9 +35,9 @@ READ_AHEAD_KB = 1024
 
 
 def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    """The recordings of ``args.srcs`` (each index reused if valid and planned with
-    these options, else recorded now, progress on stderr) and what the mount
-    shows of them, named."""
+    """The recordings of ``args.srcs`` (each index reused if valid and recorded with
+    these options — plan, encryption recipients —, else recorded now, progress on
+    stderr) and what the mount shows of them, named."""
     from .plan import PlanOptions
     from .tape import archives, record_or_reuse
 
@@ -48,7 +48,7 @@ def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     try:
         for src in args.srcs:
             progress = Progress("recording index")
-            recording = record_or_reuse(src, args.index, args.rescan, progress, plan)
+            recording = record_or_reuse(src, args.index, args.rescan, progress, plan, args.recipients)
             recordings.append(recording)
             progress.done()
             if progress.count:

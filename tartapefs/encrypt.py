@@ -2,11 +2,13 @@
 
 Theory of operation:
 
-* A recording that is served encrypted gets one :class:`EncryptionState`, created once with
-  fresh randomness: a 16-byte file key, a 16-byte payload nonce, and the header that wraps the
-  file key for each recipient (X25519, an ephemeral key per stanza, then forgotten). The state
-  is kept with the recording as plain strings (:meth:`EncryptionState.to_meta`), so every
-  later read, resume and remount gives the same bytes. It never holds a secret key of a user:
+* Each tape (whole archive or shard) of a recording served encrypted gets its own
+  :class:`EncryptionState`, created once at record time with fresh randomness: a 16-byte file
+  key, a 16-byte payload nonce, and the header that wraps the file key for each recipient
+  (X25519, an ephemeral key per stanza, then forgotten). Two tapes never share one: the same
+  key and nonce over two different plaintexts would give both away. The state is kept in the
+  recording's index as plain strings (:meth:`EncryptionState.to_meta`), so every later read,
+  resume and remount gives the same bytes. It never holds a secret key of a user:
   only the file key, which is exactly what every reader of the archive can derive.
 * :class:`EncryptedReader` wraps anything with ``read(offset, size)`` and ``total_size`` (a
   :class:`~tartapefs.TapeReader`, an in-memory tape, a slice of one). A read computes only the
@@ -16,6 +18,9 @@ Theory of operation:
   the same chunk; nothing else is kept.
 * Errors of the wrapped reader pass through unchanged: a changed source file fails the
   encrypted read exactly as it fails the plain one.
+* :func:`recorded_states` checks the states of a recording when it is opened;
+  :class:`EncryptedTape` is a tape served as its age file, ``NAME.age``, which the mount and
+  ``tartape stream`` serve instead of the tape.
 
 Crypto comes from the ``cryptography`` package (the ``[age]`` extra), imported when first
 needed: without it, creating a state or a reader raises :class:`AgeUnavailableError`. The
@@ -24,14 +29,19 @@ framing (header, chunk math, recipients) is :mod:`tartapefs.age`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from . import age
 from .age import CHUNK, FILE_KEY, NONCE, TAG, Recipient, RecipientError, Stanza
 from .errors import IndexCorruptError, UsageError
+
+if TYPE_CHECKING:
+    from .tape import Tape
 
 META_PREFIX = "age_"  # every key :meth:`EncryptionState.to_meta` writes starts with this
 _X25519_INFO = b"age-encryption.org/v1/X25519"
@@ -106,7 +116,7 @@ def x25519_stanza(file_key: bytes, recipient: Recipient) -> Stanza:
 
 @dataclass(frozen=True)
 class EncryptionState:
-    """What decides an encrypted archive's bytes, beyond its plaintext: made once per recording.
+    """What decides an encrypted archive's bytes, beyond its plaintext: made once per tape.
 
     ``header`` is the whole age header (its stanzas wrap ``file_key`` for each recipient, its
     MAC is keyed from it); ``payload_nonce`` starts the payload. The same state gives the same
@@ -187,6 +197,31 @@ class EncryptionState:
         if header_mac(file_key, stanzas) != mac:
             raise bad("the header MAC does not match the file key")
         return cls(recipients, file_key, nonce, header)
+
+
+def recorded_states(rows: dict[int, dict], recipients_text: str | None, tape_count: int,
+                    where: str) -> tuple[tuple[Recipient, ...] | None, list[EncryptionState | None]]:
+    """A recording's recipients and each tape's state, from its index: ``rows`` (tape number ->
+    its state as :meth:`EncryptionState.to_meta` wrote it) and ``recipients_text`` (the
+    recording's recipients, one per line; None when it is served in plain).
+
+    Checked, since a state is what keeps a key from encrypting two plaintexts: one state per
+    tape of exactly the recording's recipients, each valid (:meth:`EncryptionState.from_meta`),
+    no two sharing a file key or a payload nonce. Anything else raises
+    :class:`IndexCorruptError` naming ``where``; a plain recording with states is damaged too.
+    """
+    if recipients_text is None:
+        if rows:
+            raise IndexCorruptError(f"{where}: damaged encryption state: states of a recording not encrypted")
+        return None, [None] * tape_count
+    if not isinstance(recipients_text, str) or sorted(rows) != list(range(tape_count)):
+        raise IndexCorruptError(f"{where}: damaged encryption state: not one state per archive")
+    states = [EncryptionState.from_meta(rows[n], f"{where}: archive {n}") for n in range(tape_count)]
+    if any(rows[n][META_PREFIX + "recipients"] != recipients_text for n in range(tape_count)):
+        raise IndexCorruptError(f"{where}: damaged encryption state: an archive to other recipients")
+    if len({s.file_key for s in states}) != tape_count or len({s.payload_nonce for s in states}) != tape_count:
+        raise IndexCorruptError(f"{where}: damaged encryption state: two archives share a file key or nonce")
+    return states[0].recipients, states
 
 
 class EncryptedReader:
@@ -306,6 +341,33 @@ class EncryptedReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class EncryptedTape:
+    """``tape`` as an age v1 file, ``NAME.age``: what the mount serves and ``tartape stream``
+    writes for a tape of an encrypted recording, under the tape's own ``state``.
+
+    ``total_size`` is the encrypted size (bytes), ``plaintext_size`` the tape's,
+    ``header_size`` the age header's; ``mtime``, ``number`` and ``index_path`` are the
+    tape's; ``fingerprint`` covers the tape's and the state's header and nonce (never the
+    key). ``reader()`` makes an :class:`~tartapefs.EncryptedReader` over the tape's reader.
+    """
+
+    def __init__(self, tape: Tape, state: EncryptionState) -> None:
+        self.tape = tape
+        self.state = state
+        self.name = tape.name + ".age"
+        self.number = tape.number
+        self.index_path = tape.index_path
+        self.plaintext_size = tape.total_size
+        self.header_size = state.header_size
+        self.total_size = state.encrypted_size(tape.total_size)
+        self.mtime = tape.mtime
+        self.fingerprint = hashlib.sha256(b"age\0%s\0%s%s" % (tape.fingerprint.encode(), state.header,
+                                                                state.payload_nonce)).hexdigest()
+
+    def reader(self, source_root: str | None = None) -> EncryptedReader:
+        return EncryptedReader(self.tape.reader(source_root), self.state)
 
 
 def read_recipients_file(path: str) -> list[Recipient]:

@@ -26,6 +26,7 @@ from .errors import (
     TartapeError,
     UsageError,
 )
+from .encrypt import META_PREFIX
 from .layout import BYTES_VERSION, Member, archive_name
 from .plan import PlannedTape
 
@@ -34,7 +35,9 @@ FORMAT = "tartapefs-index"
 #: 3: mtimes as seconds + nanoseconds (past 2262 too), signed inode numbers, a CRC-32 of
 #: the whole file in the SQLite header.
 #: 4: several tapes per recording (the tapes table, global offsets).
-FORMAT_VERSION = 4
+#: 5: per-tape encryption states (the encryption table): a tartapefs that knows no
+#: encryption must refuse such an index rather than serve its plaintext.
+FORMAT_VERSION = 5
 
 _KIND_CODE = {fmt.FILE: 0, fmt.HARDLINK: 1, fmt.SYMLINK: 2, fmt.DIR: 5}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
@@ -52,6 +55,8 @@ _CHUNK = 1 << 20
 _SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _REQUIRED_META = ("format_version", "member_count", "tape_count", "source_root", "prefix")
 _TAPE_COLUMNS = "number, name, start, total_size, member_count, fingerprint, mtime, nsamples"
+# The encryption table's columns: the state's own keys (EncryptionState.to_meta) without their prefix.
+_STATE_COLUMNS = ("recipients", "file_key", "payload_nonce", "header")
 
 
 class Index:
@@ -137,6 +142,13 @@ class Index:
         if len(tapes) != self.meta["tape_count"] or not tapes:
             raise IndexCorruptError(f"{self.path}: damaged index ({len(tapes)} tapes listed)")
         return tapes
+
+    def encryption(self) -> dict[int, dict[str, object]]:
+        """Tape number -> its encryption state as ``EncryptionState.from_meta`` reads it
+        (``age_recipients``, ``age_file_key``...; unchecked here); empty for a recording
+        served in plain."""
+        rows = self._query(f"SELECT tape, {', '.join(_STATE_COLUMNS)} FROM encryption ORDER BY tape", ())
+        return {tape: {META_PREFIX + k: v for k, v in zip(_STATE_COLUMNS, rest)} for tape, *rest in rows}
 
     def members_from(self, offset: int, limit: int, base: int = 0, end: int | None = None) -> list[Member]:
         """Up to ``limit`` members in order, starting with the one holding ``offset``.
@@ -293,6 +305,12 @@ class IndexWriter:
         rows = [(t.number, os.fsencode(t.name), t.start, t.total_size, t.member_count, t.fingerprint,
                  t.mtime, t.nsamples) for t in tapes]
         sql = f"INSERT INTO tapes ({_TAPE_COLUMNS}) VALUES ({','.join('?' * 8)})"
+        self._write(lambda: self._db.executemany(sql, rows))
+
+    def add_encryption(self, states: Iterable[tuple[int, dict[str, str]]]) -> None:
+        """Insert ``(tape number, EncryptionState.to_meta())`` for each tape."""
+        rows = [(number, *(state[META_PREFIX + k] for k in _STATE_COLUMNS)) for number, state in states]
+        sql = f"INSERT INTO encryption (tape, {', '.join(_STATE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
         self._write(lambda: self._db.executemany(sql, rows))
 
     def commit(self, meta: dict) -> None:

@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import NoReturn, Sequence
 
-from .process import OneLineParser, Readiness, log_for_mount, size_argument
+from .process import OneLineParser, Readiness, encryption_arguments, log_for_mount, recipients_of, size_argument
 from .record import check_sources
 from .errors import UsageError
 from .mountinfo import FSTYPE, mounted_fstype
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-members", metavar="N", type=int, help="serve shards of at most N members")
     p.add_argument("--split", metavar="SIZE", type=size_argument("--split"),
                    help="serve each archive as volumes of SIZE bytes: NAME.001, NAME.002...")
+    encryption_arguments(p, "serve")
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
     p.add_argument("--direct-io", action="store_true",
@@ -103,6 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.index = os.path.abspath(args.index)
     if args.log_file is not None:
         args.log_file = os.path.abspath(args.log_file)
+    args.recipients = None  # read by main() with the other checks, so a bad one is one line
     return args
 
 
@@ -275,6 +277,8 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io)):
         if on:
             argv.append(flag)
+    # The recipients as read here (files included): the daemon never reads the files again.
+    argv += [f"--encrypt-to={r}" for r in args.recipients or ()]
     return argv
 
 
@@ -341,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_source(src)
             check_mountpoint(args.mountpoint, src)
         check_sources(args.srcs)
+        args.recipients = recipients_of(args)
         options = fuse_options(args)
         check_fuse_device()
     except UsageError as err:

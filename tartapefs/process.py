@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .age import Recipient
 from .errors import TartapeError, UsageError, show_path
 from .record import state_dir
 
@@ -74,6 +75,30 @@ def size_argument(option: str) -> Callable[[str], int]:
 
     convert.__name__ = "size"
     return convert
+
+
+def encryption_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--encrypt-to`` and ``--encrypt-to-file`` (both repeatable); ``what`` says what is
+    encrypted ("serve", "write")."""
+    parser.add_argument("--encrypt-to", metavar="RECIPIENT", action="append", default=[],
+                        help=f"{what} every archive as NAME.age, encrypted to this age recipient "
+                             "(age1...; repeatable)")
+    parser.add_argument("--encrypt-to-file", metavar="FILE", action="append", default=[],
+                        help="the same with the recipients in FILE, one per line, as age -R (repeatable)")
+
+
+def recipients_of(args: argparse.Namespace) -> list[Recipient] | None:
+    """The age recipients ``--encrypt-to`` and ``--encrypt-to-file`` name, in order, without
+    repeats; None when neither was given. Raises RecipientError (a malformed or unsupported
+    recipient, an unreadable or empty file) or AgeUnavailableError (no ``[age]`` extra) in
+    one line, before any work is done."""
+    if not args.encrypt_to and not args.encrypt_to_file:
+        return None
+    from .encrypt import load_recipients, require_crypto
+
+    found = load_recipients(args.encrypt_to, args.encrypt_to_file)
+    require_crypto()
+    return found
 
 
 def run_main(prog: str, body: Callable[[], int]) -> int:

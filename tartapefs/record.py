@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from . import __version__
 from . import format as fmt
+from .age import Recipient, RecipientError, unique
+from .encrypt import EncryptionState, require_crypto
 from .errors import UsageError, show_path
 from .index import IndexWriter
 from .layout import BYTES_VERSION, Member, archive_name
@@ -33,7 +35,11 @@ class TapeRecorder:
     names start with — None for the folder's own name, ``""`` for nothing.
     ``progress(count)`` is called as the scan goes. ``plan``: how the recording
     is cut into tapes (:class:`~tartapefs.plan.PlanOptions`; default one whole
-    tape).
+    tape). ``recipients``: age recipients (:class:`~tartapefs.Recipient`) to serve every tape
+    encrypted to; each tape then gets its own :class:`~tartapefs.EncryptionState`, made at
+    :meth:`commit` with fresh randomness (:class:`~tartapefs.RecipientError` for an empty list,
+    :class:`~tartapefs.AgeUnavailableError` without the ``[age]`` extra, both before anything
+    is written).
     """
 
     def __init__(
@@ -46,7 +52,14 @@ class TapeRecorder:
         prefix: str | bytes | None = None,
         progress: Callable[[int], None] | None = None,
         plan: PlanOptions = PlanOptions(),
+        recipients: Sequence[Recipient] | None = None,
     ) -> None:
+        if recipients is not None:
+            recipients = unique(recipients)
+            if not recipients:
+                raise RecipientError("encryption needs at least one recipient")
+            require_crypto()
+        self.recipients = recipients
         self.src = _source_dir(src)
         self.exclude = list(exclude or ())
         self.keep_owner = not anonymize
@@ -78,6 +91,11 @@ class TapeRecorder:
         with IndexWriter(index_path) as writer:
             writer.add_members(planner.place(recorded()), self.keep_owner)
             writer.add_tapes(planner.tapes)
+            if self.recipients:
+                # One state per tape: shards are different plaintexts, and one key and nonce
+                # over two of them would give both away.
+                writer.add_encryption((t.number, EncryptionState.create(self.recipients).to_meta())
+                                      for t in planner.tapes)
             writer.commit(
                 {
                     "bytes_version": BYTES_VERSION,
@@ -88,6 +106,7 @@ class TapeRecorder:
                     "keep_owner": int(self.keep_owner),
                     "exclude": self.exclude,
                     "plan": self.plan.to_json(),
+                    **({"encrypt_to": "\n".join(map(str, self.recipients))} if self.recipients else {}),
                     "created_by": f"tartapefs {__version__}",
                 }
             )

@@ -1,5 +1,5 @@
--- tartapefs index, format version 4 (2: ctime_ns; 3: mtimes in two columns, CRC-32;
--- 4: several tapes, the tapes table).
+-- tartapefs index, format version 5 (2: ctime_ns; 3: mtimes in two columns, CRC-32;
+-- 4: several tapes, the tapes table; 5: the encryption table).
 --
 -- One file per recording (one walk of one source folder) and the tapes planned
 -- from it. It is built in a temporary file next to its final
@@ -12,6 +12,7 @@
 -- Recording metadata, one row per key: format, format_version, bytes_version,
 -- member_count (rows of members), tape_count, source_root, prefix, keep_owner,
 -- exclude (JSON list), plan (JSON: the options the tapes were planned with),
+-- encrypt_to (only when served encrypted: the age recipients, one per line),
 -- created_by.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -58,4 +59,18 @@ CREATE TABLE members (
     gid         INTEGER,
     uname       BLOB,
     gname       BLOB
+);
+
+-- One row per tape of a recording served encrypted (encrypt_to in meta), none
+-- otherwise: the age state that, with the tape's bytes, decides its .age file.
+-- Made at record time from fresh randomness, one per tape: two tapes never share
+-- a file key, since one key and nonce over two different plaintexts would give
+-- both away. It holds the file key every recipient derives from the header, never
+-- a secret key of a user; the file is 0600 for that reason too.
+CREATE TABLE encryption (
+    tape          INTEGER PRIMARY KEY,  -- tapes.number
+    recipients    TEXT NOT NULL,        -- age1... one per line, in the header's stanza order
+    file_key      TEXT NOT NULL,        -- hex, 16 bytes
+    payload_nonce TEXT NOT NULL,        -- hex, 16 bytes
+    header        TEXT NOT NULL         -- the whole age header, up to and including the MAC line
 );

@@ -3,8 +3,10 @@
 A :class:`Recording` is one walk of one source folder kept in one index; its
 :meth:`~Recording.tapes` are the archives planned from it (one whole tape, or
 shards). A :class:`Tape` is what a reader and a player take: a window of the
-recording with its own offsets from 0, total size and fingerprint. A
-:class:`Volume` is a byte slice of a tape, computed when opened.
+recording with its own offsets from 0, total size and fingerprint. A recording
+made with age recipients serves each tape as an :class:`EncryptedTape`
+(``NAME.tar.age``). A :class:`Volume` is a byte slice of either, computed when
+opened.
 
 ``Tape.discover(src)`` / ``Tape.open(path)`` keep the one-tape API of the
 original ``tartape``: they give the recording's tape when it has one, and for
@@ -17,10 +19,13 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from .bytesource import Slice
-from .errors import IndexMissingError, IndexSourceMismatchError, MemberNotFoundError, UsageError, show_path
+from .age import Recipient
+from .encrypt import EncryptedTape, EncryptionState, recorded_states
+from .errors import (IndexError_, IndexMissingError, IndexSourceMismatchError, MemberNotFoundError, UsageError,
+                     show_path)
 from .index import Index, TapeRows
 from .layout import Member, locate
 from .plan import PlannedTape, PlanOptions, volume_name, volume_ranges, wids_index
@@ -33,8 +38,10 @@ class Recording:
 
     ``index_path``, ``source_root``, ``prefix`` (bytes), ``keep_owner``,
     ``exclude``, ``plan`` (:class:`PlanOptions`), ``member_count`` (rows of all
-    tapes), ``fingerprint`` (hex). Raises IndexMissingError, IndexCorruptError
-    or IndexVersionError when the index cannot be used.
+    tapes), ``fingerprint`` (hex), ``recipients`` (the age recipients every tape is
+    encrypted to, None when served in plain). Raises IndexMissingError,
+    IndexCorruptError or IndexVersionError when the index cannot be used, and
+    AgeUnavailableError for an encrypted recording without the ``[age]`` extra.
     """
 
     def __init__(self, index: Index) -> None:
@@ -49,7 +56,13 @@ class Recording:
         self.member_count: int = meta["member_count"]
         planned = index.tapes()
         self.fingerprint: str = recording_fingerprint(planned)
-        self._tapes = [Tape(self, p) for p in planned]
+        try:
+            self.recipients, states = recorded_states(index.encryption(), meta.get("encrypt_to"), len(planned),
+                                                      index.path)
+        except BaseException:
+            index.close()
+            raise
+        self._tapes = [Tape(self, p, state) for p, state in zip(planned, states)]
         self._starts = [p.start for p in planned]
 
     @classmethod
@@ -77,6 +90,10 @@ class Recording:
     def stem(self) -> str:
         """What the recording's archives are named after: its folder's name."""
         return os.path.basename(self.source_root) or "root"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.recipients is not None
 
     def tapes(self) -> list[Tape]:
         """The tapes planned from this recording, in order."""
@@ -124,11 +141,14 @@ class Tape:
     """One archive of a recording: ``name``, ``number``, ``total_size`` (bytes),
     ``member_count``, ``fingerprint`` (hex SHA-256 of everything that decides
     its bytes), ``mtime`` (seconds: the newest member's, at least 0 — never the
-    clock), ``nsamples`` (as wids counts them), and the recording's
-    ``source_root``, ``index_path``, ``prefix``, ``keep_owner``, ``exclude``.
+    clock), ``nsamples`` (as wids counts them), ``encryption`` (its
+    :class:`~tartapefs.EncryptionState`, None when served in plain), and the
+    recording's ``source_root``, ``index_path``, ``prefix``, ``keep_owner``, ``exclude``.
+    Its reader gives the plain tar; :meth:`encrypted` the age file of it.
     """
 
-    def __init__(self, recording: Recording, planned: PlannedTape) -> None:
+    def __init__(self, recording: Recording, planned: PlannedTape, encryption: EncryptionState | None = None
+                 ) -> None:
         self.recording = recording
         self.number = planned.number
         self.name = planned.name
@@ -138,6 +158,7 @@ class Tape:
         self.fingerprint = planned.fingerprint
         self.mtime = planned.mtime
         self.nsamples = planned.nsamples
+        self.encryption = encryption
         self.index_path = recording.index_path
         self.source_root = recording.source_root
         self.prefix = recording.prefix
@@ -195,6 +216,13 @@ class Tape:
 
         return TapeReader(self, source_root)
 
+    def encrypted(self) -> EncryptedTape:
+        """This tape as its age file, ``NAME.age`` (UsageError when its recording is not
+        encrypted)."""
+        if self.encryption is None:
+            raise UsageError(f"{self.name}: not recorded for encryption (record it with recipients)")
+        return EncryptedTape(self, self.encryption)
+
     def player(self, source_root: str | None = None):
         """A :class:`~tartapefs.stream.TapePlayer` of this tape (events from any byte)."""
         from .stream import TapePlayer
@@ -213,10 +241,11 @@ class Tape:
 
 
 class Volume:
-    """Bytes ``[start, start + total_size)`` of ``tape``, served as one file (``NAME.001``...).
-    Its fingerprint covers the tape's and the slice; its mtime is the tape's."""
+    """Bytes ``[start, start + total_size)`` of ``tape`` (a :class:`Tape` or an
+    :class:`EncryptedTape`), served as one file (``NAME.001``...). Its fingerprint
+    covers the tape's and the slice; its mtime is the tape's."""
 
-    def __init__(self, tape: Tape, name: str, start: int, size: int) -> None:
+    def __init__(self, tape: Tape | EncryptedTape, name: str, start: int, size: int) -> None:
         self.tape = tape
         self.name = name
         self.start = start
@@ -228,7 +257,7 @@ class Volume:
         return Slice(self.tape.reader(source_root), self.start, self.total_size)
 
 
-def volumes(tape: Tape, split: int) -> list[Volume]:
+def volumes(tape: Tape | EncryptedTape, split: int) -> list[Volume]:
     """``tape`` cut every ``split`` bytes, named as ratarmount joins them."""
     ranges = volume_ranges(tape.total_size, split)
     return [Volume(tape, volume_name(tape.name, i, len(ranges)), start, size)
@@ -251,13 +280,16 @@ class Sidecar:
 
 
 def archives(recordings: list[Recording], name: str | None = None, split: int | None = None
-             ) -> list[Tape | Volume | Sidecar]:
+             ) -> list[Tape | EncryptedTape | Volume | Sidecar]:
     """What a mount shows and ``tartape stream -o DIR/`` writes for ``recordings``, named.
 
     One recording with one tape: ``name`` (default ``dataset.tar``). Several
     recordings: each whole tape named after its folder (``photos.tar``). Shards:
-    ``photos-000000.tar``... and ``photos.wids.json``. ``split``: each archive as
-    volumes ``NAME.001``... instead (no shard list: wids reads whole shards).
+    ``photos-000000.tar``... and ``photos.wids.json``. An encrypted recording:
+    each archive as its age file, ``.age`` added to its name (``dataset.tar.age``),
+    and no file beside them that would show in plain what the archives hold (no
+    shard list). ``split``: each archive (encrypted: its age file) as volumes
+    ``NAME.001``... instead (no shard list: wids reads whole shards).
     UsageError for ``name`` with shards or several recordings, and for two
     files of one name.
     """
@@ -270,9 +302,10 @@ def archives(recordings: list[Recording], name: str | None = None, split: int | 
         tapes = r.tapes()
         if not r.plan.sharded:
             tapes = [tapes[0].renamed(name or "dataset.tar") if len(recordings) == 1 else tapes[0]]
-        for tape in tapes:
-            out.extend(volumes(tape, split) if split else [tape])
-        if r.plan.sharded and not split:
+        served = [tape.encrypted() if r.encrypted else tape for tape in tapes]
+        for item in served:
+            out.extend(volumes(item, split) if split else [item])
+        if r.plan.sharded and not split and not r.encrypted:
             shards = [(t.name, t.nsamples, t.total_size) for t in tapes]
             out.append(Sidecar(f"{r.stem}.wids.json", wids_index(shards), max(t.mtime for t in tapes)))
     seen: dict[str, str] = {}
@@ -289,25 +322,45 @@ def record_or_reuse(
     rescan: bool = False,
     progress: Callable[[int], None] | None = None,
     plan: PlanOptions | None = None,
+    recipients: Sequence[Recipient] | None = None,
 ) -> Recording:
     """The recording of ``src``: its existing index reused (no scan), or recorded now.
 
-    ``rescan`` records again even when an index exists, and so does a ``plan``
-    other than the one recorded (never a mismatch served). An existing index
-    that is damaged, of another version or of another folder raises; it is
-    never silently rebuilt.
+    ``plan`` and ``recipients`` (age recipients to encrypt every archive to) left
+    None mean: as recorded. Given and other than recorded (recipients compared as
+    a set), the folder is recorded again: a recording is never served with other
+    options, and a new recording always gets new encryption states. ``rescan``
+    records again in any case. Recording again keeps what was recorded and not
+    given (plan, recipients, exclude, prefix, owners): an encrypted recording is
+    never recorded again in plain by accident. Without ``rescan``, an existing
+    index that is damaged, of another version or of another folder raises; it is
+    never silently rebuilt (with ``rescan`` it is recorded over).
     """
     src = _source_dir(src)
-    if not rescan:
-        try:
-            recording = Recording.open(index_path).check_source(src) if index_path else Recording.discover(src)
-        except IndexMissingError:
-            pass
-        else:
-            if plan is None or recording.plan == plan:
-                return recording
-            recording.close()
-    recorder = TapeRecorder(src, index_path=index_path, progress=progress, plan=plan or PlanOptions())
+    found = None
+    try:
+        found = Recording.open(index_path).check_source(src) if index_path else Recording.discover(src)
+    except IndexMissingError:
+        pass
+    except IndexError_:
+        if not rescan:
+            raise
+    if found is not None:
+        same_plan = plan is None or found.plan == plan
+        same_recipients = recipients is None or set(recipients) == set(found.recipients or ())
+        if not rescan and same_plan and same_recipients:
+            return found
+        found.close()
+    recorder = TapeRecorder(
+        src,
+        exclude=found.exclude if found else None,
+        anonymize=not found.keep_owner if found else True,
+        index_path=index_path,
+        prefix=found.prefix if found else None,
+        progress=progress,
+        plan=plan if plan is not None else found.plan if found else PlanOptions(),
+        recipients=recipients if recipients is not None else found.recipients if found else None,
+    )
     recorder.commit()
     return Recording.open(recorder.index_path)
 
