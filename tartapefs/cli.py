@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import closing
 
 from . import __version__, extract, native
-from .errors import UsageError, show_path
+from .errors import IndexCorruptError, UsageError, show_path
 from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
                       size_argument)
 from .reader import tune_malloc
@@ -210,7 +210,7 @@ def _stream_one(item, start: int, output: str | None) -> int:
     _widen_pipe(out.fileno())
     try:
         with closing(item.reader()) as reader:
-            _copy(reader, start, item.total_size, out.write)
+            _copy(reader, start, item.total_size, out.write, item.name)
         out.flush()
     except BrokenPipeError:
         # The reader went away (| head): not our error; silence the final flush too.
@@ -244,7 +244,7 @@ def _stream_to_file(item, start: int, path: str) -> None:
     partial = path + ".part"
     try:
         with closing(item.reader()) as reader, open(partial, "wb") as out:
-            _copy(reader, start, item.total_size, out.write)
+            _copy(reader, start, item.total_size, out.write, item.name)
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, path)
@@ -256,9 +256,15 @@ def _stream_to_file(item, start: int, path: str) -> None:
         raise
 
 
-def _copy(reader, start: int, total: int, write: Callable[[bytes], object]) -> None:
+def _copy(reader, start: int, total: int, write: Callable[[bytes], object], name: str) -> None:
+    """Write the archive ``name`` from ``start``; every chunk is checked to be whole before
+    it is written, so a stream never ends short with exit 0."""
     for offset in range(start, total, _CHUNK):
-        write(reader.read(offset, _CHUNK))
+        data = reader.read(offset, _CHUNK)
+        if len(data) != min(_CHUNK, total - offset):
+            raise IndexCorruptError(f"{name}: {len(data)} bytes read at offset {offset}, "
+                                    f"{min(_CHUNK, total - offset)} expected (damaged index)")
+        write(data)
 
 
 def _served(recordings: list[Recording]) -> dict[tuple[str, int], Tape | EncryptedTape]:

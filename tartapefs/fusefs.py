@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Protocol
 import pyfuse3
 
 from .bytesource import ByteSource
-from .errors import SourceError, TartapeError
+from .errors import IndexCorruptError, SourceError, TartapeError
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except SourceError as err:
-            self._report_source(err)
+        except (SourceError, IndexCorruptError) as err:
+            # Retried page by page by the kernel and its clients: logged once each.
+            self._report_once(err)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except (TartapeError, OSError) as err:
             # A source that cannot be read is an I/O error of the archive,
@@ -151,7 +152,7 @@ class TapeFS(pyfuse3.Operations):
         self._next_fh = 1
         # (member, reason) pairs already logged at error level, so a client
         # retrying a broken member page by page does not flood the log.
-        self._reported: set[tuple[str, str]] = set()
+        self._reported: set[str] = set()
 
     def put(self, name: str, item: Served) -> None:
         """Serve ``item`` as ``name``, replacing an entry of that name (its open
@@ -310,8 +311,8 @@ class TapeFS(pyfuse3.Operations):
 
     # -- logging --------------------------------------------------------
 
-    def _report_source(self, err: SourceError) -> None:
-        key = (err.member, err.reason)
+    def _report_once(self, err: SourceError | IndexCorruptError) -> None:
+        key = str(err)
         if key in self._reported:
             log.debug("%s", err)
             return

@@ -25,9 +25,11 @@ from .errors import (
     IndexVersionError,
     TartapeError,
     UsageError,
+    show_path,
 )
 from .encrypt import META_PREFIX
-from .layout import BYTES_VERSION, Member, archive_name
+from .indexcheck import ends_fault, meta_fault, names_suspect, row_fault, tape_fault
+from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape
 
 FORMAT = "tartapefs-index"
@@ -41,6 +43,7 @@ FORMAT_VERSION = 5
 
 _KIND_CODE = {fmt.FILE: 0, fmt.HARDLINK: 1, fmt.SYMLINK: 2, fmt.DIR: 5}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
+_HARDLINK = fmt.HARDLINK
 _COLUMNS = (
     "offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid, "
     "uname, gname"
@@ -126,6 +129,9 @@ class Index:
         missing = [key for key in _REQUIRED_META if key not in meta]
         if missing:
             raise IndexCorruptError(f"{path}: damaged index (missing {', '.join(missing)})")
+        fault = meta_fault(meta)
+        if fault:
+            raise self._damaged(fault)
         return meta
 
     # -- lookups ---------------------------------------------------------
@@ -133,15 +139,35 @@ class Index:
     def tapes(self) -> list[PlannedTape]:
         """The planned tapes in order; IndexCorruptError unless they lie back to back from 0."""
         rows = self._query(f"SELECT {_TAPE_COLUMNS} FROM tapes ORDER BY number", ())
-        tapes = [PlannedTape(n, os.fsdecode(bytes(name)), *rest) for n, name, *rest in rows]
+        for number, row in enumerate(rows):
+            fault = tape_fault(row)
+            if fault:
+                raise self._damaged(f"tape {number}: {fault}")
+        tapes = [PlannedTape(n, os.fsdecode(name), *rest) for n, name, *rest in rows]
         end = 0
         for number, tape in enumerate(tapes):
             if tape.number != number or tape.start != end or tape.total_size < len(fmt.FOOTER):
                 raise IndexCorruptError(f"{self.path}: damaged index (tape {number} out of place)")
+            self._check_ends(tape)
             end = tape.start + tape.total_size
+        if sum(t.member_count for t in tapes) != self.meta["member_count"]:
+            raise self._damaged(f"{self.meta['member_count']} members, the tapes hold "
+                                f"{sum(t.member_count for t in tapes)}")
         if len(tapes) != self.meta["tape_count"] or not tapes:
             raise IndexCorruptError(f"{self.path}: damaged index ({len(tapes)} tapes listed)")
         return tapes
+
+    def _check_ends(self, tape: PlannedTape) -> None:
+        """What costs O(1) for a tape: two B-tree descents for its first and last members."""
+        start, end = tape.start, tape.start + tape.total_size
+        first = self._query("SELECT offset FROM members WHERE offset >= ? AND offset < ? ORDER BY offset LIMIT 1",
+                            (start, end))
+        last = self._query(f"SELECT {_COLUMNS} FROM members WHERE offset >= ? AND offset < ? "
+                           "ORDER BY offset DESC LIMIT 1", (start, end))
+        fault = ends_fault(start, tape.total_size, tape.member_count, first[0][0] if first else None,
+                           self._members(last)[0].end if last else None)
+        if fault:
+            raise self._damaged(f"tape {tape.number} ({tape.name}): {fault}")
 
     def encryption(self) -> dict[int, dict[str, object]]:
         """Tape number -> its encryption state as ``EncryptionState.from_meta`` reads it
@@ -161,7 +187,18 @@ class Index:
             "(SELECT max(offset) FROM members WHERE offset <= ?) AND offset < ? ORDER BY offset LIMIT ?",
             (offset + base, _END if end is None else end, limit),
         )
-        return [self._member(row, base) for row in rows]
+        return self._members(rows, base)
+
+    def window(self, offset: int, limit: int, base: int = 0, end: int | None = None) -> list[Member]:
+        """As :meth:`members_from`, but from the member before the one holding ``offset``
+        when there is one in ``[base, end)``: a reader checks one against the other."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM members WHERE offset >= coalesce((SELECT max(offset) FROM members "
+            "WHERE offset >= ? AND offset < (SELECT max(offset) FROM members WHERE offset <= ?)), ?) "
+            "AND offset < ? ORDER BY offset LIMIT ?",
+            (base, offset + base, base, _END if end is None else end, limit),
+        )
+        return self._members(rows, base)
 
     def iter_members(self, start: int = 0, base: int = 0, end: int | None = None,
                      batch: int = 2048) -> Iterator[Member]:
@@ -173,7 +210,7 @@ class Index:
                 f"SELECT {_COLUMNS} FROM members WHERE offset > ? AND offset < ? ORDER BY offset LIMIT ?",
                 (members[-1].offset + base, _END if end is None else end, batch),
             )
-            members = [self._member(row, base) for row in rows]
+            members = self._members(rows, base)
 
     def find(self, name: bytes, base: int = 0, end: int | None = None) -> Member | None:
         """The first member in ``[base, end)`` whose archive name is ``name`` (a trailing
@@ -199,7 +236,7 @@ class Index:
             "ORDER BY offset LIMIT ?",
             (source, base, _END if end is None else end, limit),
         )
-        return [self._member(row, base) for row in rows]
+        return self._members(rows, base)
 
     def close(self) -> None:
         self._db.close()
@@ -214,11 +251,32 @@ class Index:
         except sqlite3.DatabaseError as err:
             raise IndexCorruptError(f"{self.path}: damaged index ({err})") from None
 
+    def _members(self, rows: list[tuple], base: int = 0) -> list[Member]:
+        """Rows -> members, every row checked as it is read, in O(1) each: a damaged or
+        forged row costs an error, never a traceback (a kind, a type) or a name that
+        climbs out of the folder the archive is extracted into (see indexcheck)."""
+        try:
+            members = [self._member(row, base) for row in rows]
+            suspect = names_suspect(rows)
+        except (KeyError, TypeError) as err:
+            members, suspect, failure = [], True, err  # some row is bad: find which below
+        if suspect:
+            for row in rows:  # the slow path: some names that trip it are good ("a..b")
+                fault = row_fault(row)
+                if fault:
+                    raise self._damaged(f"member at offset {row[0]!r}: {fault}")
+            if not members and rows:
+                raise self._damaged(f"a member row near offset {rows[0][0]!r} cannot be read ({failure})")
+        return members
+
     def _member(self, row: tuple, base: int = 0) -> Member:
         # On every read path: positional construction, it is measurably faster.
         (offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid,
          uname, gname) = row
-        kind = _CODE_KIND[kind]
+        kind = _CODE_KIND[kind]  # KeyError, TypeError: see _members
+        offset | header_size | size | mode  # TypeError unless every one is an int
+        if kind is _HARDLINK and not (type(linkname) is bytes and is_relative_path(linkname)):
+            raise TypeError
         mtime_ns = mtime_s * _NS + mtime_nsec
         if ino < 0:
             ino += _U64
@@ -237,6 +295,9 @@ class Index:
             gname or b"",
         )
         return Member(header, offset - base, header_size, source, ino, dev, mtime_ns, ctime_ns)
+
+    def _damaged(self, what: str) -> IndexCorruptError:
+        return IndexCorruptError(f"{show_path(self.path)}: damaged index: {what}")
 
     def _close_quietly(self) -> None:
         try:
@@ -432,6 +493,9 @@ class TapeRows:
 
     def members_from(self, offset: int, limit: int) -> list[Member]:
         return self.index.members_from(offset, limit, self.start, self.end)
+
+    def window(self, offset: int, limit: int) -> list[Member]:
+        return self.index.window(offset, limit, self.start, self.end)
 
     def iter_members(self, start: int = 0) -> Iterator[Member]:
         return self.index.iter_members(start, self.start, self.end)

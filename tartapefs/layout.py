@@ -111,6 +111,15 @@ def archive_name(prefix: bytes, source: bytes, kind: str) -> bytes:
     return name + b"/" if kind == fmt.DIR else name
 
 
+def is_relative_path(path: bytes) -> bool:
+    """Whether ``path`` names something below a folder: relative, no NUL, and no empty,
+    ``.`` or ``..`` part. ``b""`` (the folder itself) is one. Member names, prefixes and
+    hard-link targets must be: extracting the archive then cannot write outside its folder."""
+    if not path:
+        return True
+    return b"\0" not in path and all(part not in (b"", b".", b"..") for part in path.split(b"/"))
+
+
 class Fingerprint:
     """SHA-256 over everything that decides the tape's bytes, member by member.
 

@@ -35,10 +35,11 @@ import stat
 
 from . import format as fmt
 from . import native
-from .errors import IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, UsageError
+from .errors import IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, UsageError, show_path
 from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
+_NO_CURSOR = 1 << 62  # a cursor with no next member in any window
 # O_NONBLOCK | O_NOCTTY, as GNU tar opens what it archives: a FIFO put in a file's place must
 # not block the open until a writer comes (every other request would wait with it), a write
 # lease must fail the open (EWOULDBLOCK) instead of stalling it for the lease break time, and
@@ -72,6 +73,7 @@ class TapeReader:
         self._starts: list[int] = []
         self._window_end = 0
         self._cursor = -1  # index in the window of the member last served
+        self._last_end = -1  # where the member the last read ended in ends
         # The members whose bytes the last read() returned, in tape order: a caller cutting
         # the bytes at member boundaries (the stream) needs them and need not look them up.
         self.served: list[Member] = []
@@ -92,6 +94,12 @@ class TapeReader:
         served: list[Member] = []
         self.served = served
         pos = offset
+        member_end = -1
+        if offset != self._last_end:
+            # Not where the last read stopped at a member's end: the first member is found
+            # and checked against the one before it, never taken from the window as the next.
+            self._cursor = _NO_CURSOR
+        self._last_end = -1  # stays so if this read fails
         folders = _Folders(self._root_fd)
         try:
             # The hot loop of every read: one step per member, no call it can do without.
@@ -128,7 +136,11 @@ class TapeReader:
                         os.close(fd)
         finally:
             folders.close()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        self._last_end = member_end
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) != max(end - offset, 0):  # what every caller relies on, checked once per read
+            raise self._damaged(f"{len(data)} bytes made for the {end - offset} at offset {offset}")
+        return data
 
     def _whole_member(self, m: Member, folders: _Folders, parts: list[bytes]) -> None:
         size = m.header.size
@@ -146,7 +158,8 @@ class TapeReader:
             parts.append(bytes(-size % fmt.BLOCK))
 
     def _next_member(self, offset: int) -> Member:
-        """The member holding ``offset``: in a sequential read, simply the next one of the window."""
+        """The member holding ``offset``: in a sequential read, simply the next one of the
+        window, which continues the member before it by construction."""
         cursor = self._cursor + 1
         window = self._window
         if cursor < len(window) and window[cursor].offset == offset:
@@ -155,19 +168,42 @@ class TapeReader:
         return self.member_at(offset)
 
     def member_at(self, offset: int) -> Member:
-        """The member holding ``offset`` (which must be before the footer)."""
+        """The member holding ``offset`` (which must be before the footer), checked to
+        start where the member before it ends.
+
+        A damaged or forged index with a gap or an overlap between members would otherwise
+        make a read loop for ever at the gap, or serve different bytes for the same offset
+        depending on where a reader came from. Windows start one member early so that the
+        member before is at hand. Raises :class:`IndexCorruptError` naming the offset.
+        """
         starts = self._starts
-        if starts and starts[0] <= offset < self._window_end:
-            self._cursor = locate(starts, offset)
-            return self._window[self._cursor]
-        self._window = self._index.members_from(offset, _WINDOW)
-        self._starts = [m.offset for m in self._window]
-        self._window_end = self._window[-1].end
-        self._cursor = 0
-        return self._window[0]
+        i = locate(starts, offset) if starts and starts[0] <= offset < self._window_end else -1
+        if i < 1 and not (i == 0 and starts[0] == 0):  # the member before is not in the window
+            window = self._index.window(offset, _WINDOW)
+            if not window or window[0].offset > offset:
+                raise self._damaged(f"no member holds offset {offset}")
+            self._window = window
+            self._starts = starts = [m.offset for m in window]
+            self._window_end = window[-1].end
+            i = locate(starts, offset)
+        window = self._window
+        m = window[i]
+        before = window[i - 1].end if i else 0
+        if m.offset != before:
+            raise self._damaged(f"the member at offset {m.offset} does not continue the one before it (ending at {before})")
+        if offset >= m.end:
+            raise self._damaged(f"no member holds offset {offset} (the one before it ends at {m.end})")
+        self._cursor = i
+        return m
+
+    def _damaged(self, what: str) -> IndexCorruptError:
+        return IndexCorruptError(f"{show_path(self._index.path)}: damaged index: {what}; record the tape again")
 
     def _header_bytes(self, m: Member) -> bytes:
-        data = self._encode_header(m.header)
+        try:
+            data = self._encode_header(m.header)
+        except (TypeError, ValueError, OverflowError) as err:  # a field the index holds is junk
+            raise self._damaged(f"{m.display_name}: its header cannot be made ({err})") from None
         if len(data) != m.header_size:
             # Every later offset depends on this size: never serve a shifted tape.
             raise IndexCorruptError(
@@ -182,7 +218,7 @@ class TapeReader:
         fails the request, so its bytes are never served, nor cached by the kernel."""
         data = os.pread(fd, size, start)
         st = os.fstat(fd)
-        if len(data) != size or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns or st.st_ctime_ns != m.ctime_ns:
+        if len(data) != size or st.st_ctime_ns != m.ctime_ns or st.st_mtime_ns != m.mtime_ns or st.st_size != m.header.size:
             short = f"short read: {len(data)} of {size} bytes at body offset {start}"
             raise SourceChangedError(
                 m.display_name, f"changed while being read: {_mismatch(m, st, is_file=True) or short}"
@@ -234,8 +270,9 @@ class TapeReader:
             if own:
                 folders.close()
         st = os.fstat(fd)
-        if (st.st_ino != m.ino or st.st_size != m.size or st.st_mtime_ns != m.mtime_ns
-                or st.st_ctime_ns != m.ctime_ns or st.st_mode != _REG | m.mode):
+        h = m.header  # its fields directly: Member's properties cost a call each, per file
+        if (st.st_ino != m.ino or st.st_size != h.size or st.st_mtime_ns != m.mtime_ns
+                or st.st_ctime_ns != m.ctime_ns or st.st_mode != _REG | h.mode):
             os.close(fd)
             raise SourceChangedError(m.display_name, _mismatch(m, st, is_file=True))
         return fd

@@ -18,7 +18,7 @@ from .age import Recipient, RecipientError, unique
 from .encrypt import EncryptionState, require_crypto
 from .errors import UsageError, show_path
 from .index import IndexWriter
-from .layout import BYTES_VERSION, Member, archive_name
+from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order
 from .scan import Entry, Excluder, walk
 
@@ -204,8 +204,7 @@ def _source_dir(src: str) -> str:
 
 def _clean_prefix(prefix: str | bytes) -> bytes:
     raw = os.fsencode(prefix).strip(b"/")
-    parts = raw.split(b"/") if raw else []
-    if any(part in (b"", b".", b"..") for part in parts):
+    if not is_relative_path(raw):
         raise UsageError(f"--prefix {show_path(prefix)!r}: must be a relative name without '.' or '..' parts")
     return raw
 

@@ -28,6 +28,9 @@ NEEDS_MOUNT = pytest.mark.mount
 NOBODY = 65534  # uid and gid of an unprivileged user
 # Generous: a loaded CI machine may be slow to mount; this is a deadline, not a timing check.
 DEADLINE_S = 60.0
+# What must answer at once (a read of a small tree, statfs) and is hung past this: far below the
+# kernel's lease break time (45 s), far above what a loaded machine takes. A deadline, not a timing.
+HANG_S = 20.0
 
 
 def _tool(script: str, module: str) -> list[str]:
@@ -60,6 +63,23 @@ def run_as_nobody(module: str, *args: str | Path) -> subprocess.CompletedProcess
             f"os.setgid({NOBODY}); os.setuid({NOBODY}); sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, cwd="/", env=daemon_env(), timeout=DEADLINE_S)
+
+
+def bounded(argv: list, timeout: float = HANG_S, on_hang=None) -> subprocess.CompletedProcess:
+    """Run ``argv`` to completion, output captured as text; one that outlives ``timeout``
+    fails the test as hung. ``on_hang`` is called first: a reader waiting for a FUSE daemon
+    that hangs or loops cannot even be killed until that daemon is stopped."""
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="backslashreplace")
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if on_hang is not None:
+            on_hang()
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"hung: {[str(a)[:40] for a in argv[:5]]} did not finish within {timeout:g} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
@@ -198,11 +218,18 @@ class Mounts:
     def background(self, src: Path, mnt: Path | None = None, *args: str, log_file: bool = True) -> Mount:
         """``tartape-mount`` as users run it: returns when the command has exited 0.
         ``log_file=False`` leaves the daemon its default log destination."""
-        m = self._new(src, mnt)
-        done = run_mount_cli(src, m.mnt, *(("--log-file", m.log) if log_file else ()), *args)
-        m.pids = daemon_pids(m.mnt)
+        m, done = self.attempt(src, mnt, *args, log_file=log_file)
         assert done.returncode == 0, done.stderr
         return m
+
+    def attempt(self, src: Path, mnt: Path | None = None, *args: str, log_file: bool = True,
+                timeout: float = DEADLINE_S) -> tuple[Mount, subprocess.CompletedProcess]:
+        """``tartape-mount`` in the background, whether it mounts or refuses; whatever it
+        mounted is stopped at the end like every other mount."""
+        m = self._new(src, mnt)
+        done = run_mount_cli(src, m.mnt, *(("--log-file", m.log) if log_file else ()), *args, timeout=timeout)
+        m.pids = daemon_pids(m.mnt)
+        return m, done
 
     def stop_all(self) -> None:
         """Stop every mount, even if stopping one of them fails."""

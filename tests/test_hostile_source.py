@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import NEEDS_MOUNT, NOBODY, TARTAPE
+from mountutil import NEEDS_MOUNT, NOBODY, TARTAPE, bounded
 from trees import archive_of, build_small_tree, record
 
-# Far below the kernel's lease-break-time (45 s) and any open that waits for a FIFO's writer:
-# a read that has not answered by then is hung.
-HANG_S = 20.0
 
 # Reads one member through the library in a child process, so that a hang can be cut short.
 READ_MEMBER = """
@@ -35,25 +32,6 @@ with TapeReader(tape) as reader:
     else:
         print("served", len(data))
 """
-
-
-def bounded(argv: list, timeout: float = HANG_S, on_hang=None, **kw) -> subprocess.CompletedProcess:
-    """Run ``argv`` to completion; a run that outlives ``timeout`` fails the test as hung.
-
-    ``on_hang`` is called first: a reader waiting for a FUSE daemon that hangs cannot even
-    be killed until that daemon is stopped.
-    """
-    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        if on_hang is not None:
-            on_hang()
-        proc.kill()
-        proc.communicate()
-        pytest.fail(f"hung: {[str(a)[:40] for a in argv[:5]]} did not finish within {timeout:g} s")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def read_member(tape, name: str) -> str:
