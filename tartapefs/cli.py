@@ -7,15 +7,18 @@ Every error a user can cause ends as one line on stderr and a non-zero exit:
 from __future__ import annotations
 
 import argparse
+import datetime
 import fcntl
 import os
+import signal
 import stat
 import sys
 from collections.abc import Callable
 from contextlib import closing
 
 from . import __version__, extract, native
-from .errors import IndexCorruptError, UsageError, show_path
+from . import format as fmt
+from .errors import IndexCorruptError, SourceUnreadableError, UsageError, counted, show_path
 from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
                       size_argument)
 from .reader import tune_malloc
@@ -28,6 +31,9 @@ _CHUNK = 1 << 20
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A reader that goes away (| head) ends us as it ends cat: by SIGPIPE, silently,
+    # not with a message and exit 1 (which `verify` uses for "members changed").
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     log_to_stderr("tartape")
     code = run_main("tartape", lambda: args.run(args))
     sys.stderr.flush()
@@ -159,13 +165,16 @@ def _record(args) -> int:
         count = sum(t.member_count for t in recorder.tapes)
         size = sum(t.total_size for t in recorder.tapes)
         shards = f" in {len(recorder.tapes)} shards" if recorder.plan.sharded else ""
-        encrypted = f", encrypted (age, {len(recipients)} recipients)" if recipients else ""
-        print(f"recorded {count} members, {size} bytes{shards}, fingerprint {fingerprint}{encrypted}")
+        encrypted = f", encrypted (age, {counted(len(recipients), 'recipient')})" if recipients else ""
+        print(f"recorded {counted(count, 'member')}, {counted(size, 'byte')}{shards}, fingerprint {fingerprint}"
+              f"{encrypted}")
         print(f"index: {recorder.index_path}")
     return 0
 
 
 def _stream(args) -> int:
+    if not args.output and sys.stdout.isatty():
+        raise UsageError("stream: refusing to write the archive to a terminal (use -o FILE, or redirect stdout)")
     tune_malloc()
     srcs = _sources(args)
     plan = _plan(args)
@@ -310,7 +319,10 @@ def _locate(args) -> int:
 
 
 def _verify(args) -> int:
-    changed = 0
+    """One line per member that differs from its source, tagged with what a read does:
+    ``changed`` (a file: reads of it fail), ``differs`` (a folder, symlink or hard link:
+    served as recorded, from the index), ``unreadable`` (a file this user may not read)."""
+    found = {"changed": 0, "differs": 0, "unreadable": 0}
     with _Opened(_open(args)) as recordings:
         total = 0
         for r in recordings:
@@ -322,17 +334,32 @@ def _verify(args) -> int:
                     if m.kind == "dir":
                         seen.add(m.source)
                     total += 1
-                    reason = reader.check(m)
-                    if reason:
-                        changed += 1
-                        print(f"changed\t{_quote(m.display_name)}\t{reason}")
-        if changed:
+                    problem = reader.problem(m)
+                    if problem is None:
+                        continue
+                    if isinstance(problem, SourceUnreadableError):
+                        tag = "unreadable"
+                    else:
+                        tag = "changed" if m.kind == fmt.FILE else "differs"
+                    found[tag] += 1
+                    print(f"{tag}\t{m.display_name}\t{problem.reason}")
+        if not any(found.values()):
+            print(f"ok: {counted(total, 'member')}, all as recorded")
+            return 0
+        said = []
+        if found["changed"]:
             again = " ".join(args.src)
-            print(f"tartape: {changed} of {total} members changed since recording; "
-                  f"record again (tartape record {again})", file=sys.stderr)
-            return 1
-        print(f"ok: all {total} members match their sources")
-    return 0
+            said.append(f"{counted(found['changed'], 'file')} changed since recording, reads of them fail: "
+                        f"record again (tartape record {again})")
+        if found["differs"] == 1:
+            said.append("1 folder, symlink or link differs from the source but is served as recorded")
+        elif found["differs"]:
+            said.append(f"{found['differs']} folders, symlinks or links differ from the source but are "
+                        "served as recorded")
+        if found["unreadable"]:
+            said.append(f"{counted(found['unreadable'], 'file')} cannot be read by this user")
+        print(f"tartape: {'; '.join(said)}", file=sys.stderr)
+    return 1
 
 
 def _info(args) -> int:
@@ -344,7 +371,7 @@ def _info(args) -> int:
             print(f"size\t{sum(f.total_size for f in items)}")
             print(f"members\t{r.member_count}")
             print(f"fingerprint\t{r.fingerprint}")
-            print(f"mtime\t{max(t.mtime for t in tapes)}")
+            print(f"mtime\t{_utc(max(t.mtime for t in tapes))}")
             print(f"source\t{r.source_root}")
             print(f"prefix\t{show_path(r.prefix)}")
             print(f"plan\t{r.plan.describe()}")
@@ -357,6 +384,15 @@ def _info(args) -> int:
                     print(f"encrypted\t{_quote(f.name)}\theader {f.header_size} bytes\tplaintext "
                           f"{_quote(f.tape.name)} {f.plaintext_size} bytes")
     return 0
+
+
+def _utc(seconds: int) -> str:
+    """``2026-11-29 20:46:29 UTC (1795898789)``: the date, and the raw epoch seconds."""
+    try:
+        when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # past year 9999
+        return str(seconds)
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC ({seconds})"
 
 
 def _quote(text: str) -> str:

@@ -63,6 +63,13 @@ class SourceChangedError(SourceError):
     what = "source changed since recording"
 
 
+class SourceUnreadableError(SourceError):
+    """The source file is as recorded but this process may not read it (permission
+    denied): recording again would not help; read access would."""
+
+    what = "source cannot be read by this user"
+
+
 class SourceBusyError(SourceError):
     """Another process holds the source file in a way that would make the read wait
     (a write lease): the read fails at once instead of stalling every other request."""
@@ -86,6 +93,12 @@ class StreamSizeError(SourceChangedError):
 class ArchiveError(TartapeError):
     """An archive being read (``tartape extract``) is damaged, truncated, or
     disagrees with its own index; or its server cannot serve byte ranges."""
+
+
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """``"1 member"``, ``"2 members"``: a count with its noun (``plural``, by default
+    the noun with an ``s``)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
 
 
 def show_path(path: bytes | str) -> str:

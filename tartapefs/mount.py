@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import logging
 import os
 import stat
@@ -25,6 +26,7 @@ import sys
 import threading
 from typing import NoReturn, Sequence
 
+from . import __version__
 from .process import OneLineParser, Readiness, encryption_arguments, log_for_mount, recipients_of, size_argument
 from .record import check_sources
 from .errors import UsageError
@@ -67,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
     p.add_argument("--direct-io", action="store_true",
-                   help="bypass the page cache: each read() arrives whole (measured: dd bs=1M "
-                        "2.5-2.9 GB/s instead of 1.5, but 10 KiB reads 0.1 instead of 1.4)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                   help="bypass the page cache: each read() reaches the daemon at its own size; faster "
+                        "for 1 MiB reads, much slower for tar's 10 KiB records (docs/BENCHMARKS.md)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="DEBUG, INFO (default), WARNING or ERROR, any case")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--log-file", metavar="PATH",
                    help="log here (default: stderr in the foreground, syslog in the background)")
     # Internal: set by the background parent for its child.
@@ -147,6 +151,19 @@ def check_source(src: str) -> None:
     _stat_folder(src, "source")
     if not os.access(src, os.R_OK | os.X_OK):
         raise UsageError(f"{src}: source cannot be read (permission denied)")
+
+
+def check_fuse_modules() -> None:
+    """Raise UsageError unless pyfuse3 and trio can be imported (``pip install .``
+    without the fuse extra installs this command but not them)."""
+    for module in ("pyfuse3", "trio"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(f"{module} is not installed: mounting needs the fuse extra "
+                             "(pip install 'tartapefs[fuse]', which builds against libfuse3-dev)")
 
 
 def check_fuse_device(device: str = FUSE_DEVICE) -> None:
@@ -254,8 +271,13 @@ def _fusermount(mnt: str, lazy: bool = False) -> str | None:
 def unmount_command(mnt: str) -> int:
     """``tartape-mount -u MNT``: unmount; the daemon then exits by itself."""
     mnt = os.path.abspath(mnt)
-    if mounted_fstype(_canonical(mnt)) is None:
+    fstype = mounted_fstype(_canonical(mnt))
+    if fstype is None:
         raise UsageError(f"{mnt}: not mounted")
+    if fstype != FSTYPE:
+        # As root fusermount3 -u unmounts anything: a typo must not take a disk away.
+        raise UsageError(f"{mnt}: a {fstype.removeprefix('fuse.')} mount, not a tartapefs one; "
+                         f"{PROG} -u unmounts only tartapefs mounts")
     complaint = _fusermount(mnt)
     if complaint is not None:
         raise UsageError(f"{mnt}: cannot unmount: {complaint}")
@@ -347,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_sources(args.srcs)
         args.recipients = recipients_of(args)
         options = fuse_options(args)
+        check_fuse_modules()
         check_fuse_device()
     except UsageError as err:
         readiness.failed(str(err))

@@ -35,7 +35,8 @@ import stat
 
 from . import format as fmt
 from . import native
-from .errors import IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, UsageError, show_path
+from .errors import (IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, SourceUnreadableError,
+                     UsageError, show_path)
 from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
@@ -227,6 +228,16 @@ class TapeReader:
 
     def check(self, m: Member) -> str | None:
         """Why ``m`` no longer matches its source, or None if it does. Checks every kind."""
+        problem = self.problem(m)
+        return problem.reason if problem else None
+
+    def problem(self, m: Member) -> SourceError | None:
+        """What differs between ``m`` and its source, as the error a read would raise
+        (:class:`SourceChangedError`, :class:`SourceUnreadableError`), or None.
+
+        Checks every kind; only a regular file's reads fail on it: directory,
+        symlink and hard-link members are served from the index alone.
+        """
         try:
             if m.kind == fmt.FILE:
                 os.close(self._checked_fd(m))
@@ -234,14 +245,15 @@ class TapeReader:
             st = self._lstat(m.source)
             want = {fmt.DIR: stat.S_ISDIR, fmt.SYMLINK: stat.S_ISLNK, fmt.HARDLINK: stat.S_ISREG}[m.kind]
             if not want(st.st_mode):
-                return f"no longer a {m.kind}"
+                return SourceChangedError(m.display_name, f"no longer a {m.kind}")
             if m.kind == fmt.SYMLINK and self._readlink(m.source) != m.linkname:
-                return "symlink target changed"
+                return SourceChangedError(m.display_name, "symlink target changed")
         except SourceError as err:
-            return err.reason
+            return err
         except OSError as err:
-            return _open_failure(err)
-        return _mismatch(m, st, is_file=False)
+            return _open_error(m, err)
+        reason = _mismatch(m, st, is_file=False)
+        return SourceChangedError(m.display_name, reason) if reason else None
 
     def close(self) -> None:
         if self._root_fd >= 0:
@@ -388,6 +400,9 @@ def _open_error(m: Member, err: OSError) -> SourceError:
     if err.errno == errno.EWOULDBLOCK:
         # Only a lease makes an O_NONBLOCK open of a regular file fail so.
         return SourceBusyError(m.display_name, "another process holds a write lease on it; not served, try again later")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        # As recorded, but not ours to read: recording again would not help.
+        return SourceUnreadableError(m.display_name, f"permission denied ({err.strerror})")
     return SourceChangedError(m.display_name, _open_failure(err))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from . import format as fmt
-from .errors import UsageError, show_path
+from .errors import UsageError, counted, show_path
 from .mountinfo import FSTYPE, mounted_fstype
 
 log = logging.getLogger("tartapefs")
@@ -135,12 +135,14 @@ def walk(
             elif stat.S_ISLNK(mode):
                 yield Entry(source, fmt.SYMLINK, st, os.readlink(name, dir_fd=dir_fd))
             else:
-                log.warning("%s: skipped, tar cannot carry a %s", show_path(source), _kind_name(mode))
+                log.warning("%s: skipped, a %s (an archive holds files, folders and links: a %s's "
+                            "data is never in the file system to read)", show_path(source), _kind_name(mode),
+                            _kind_name(mode))
         if progress:
             progress(count)
         if unreadable:
             raise UsageError(
-                f"{len(unreadable)} entries cannot be read, first {show_path(unreadable[0])}; "
+                f"{counted(len(unreadable), 'entry', 'entries')} cannot be read, first {show_path(unreadable[0])}; "
                 "fix their permissions or leave them out with --exclude"
             )
     finally:

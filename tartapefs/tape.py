@@ -71,7 +71,9 @@ class Recording:
 
     @classmethod
     def discover(cls, src: str) -> Recording:
-        """The recording of the folder ``src`` (IndexMissingError when none)."""
+        """The recording of the folder ``src`` (IndexMissingError when none; UsageError
+        when ``src`` is not a folder)."""
+        _source_dir(src)
         for path in index_candidates(src):
             if os.path.exists(path):
                 return cls.open(path).check_source(src)

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,17 @@ TARTAPE = _tool("tartape", "tartapefs.cli")
 def daemon_env() -> dict[str, str]:
     # A test run under systemd must not make our daemons notify the runner's unit.
     return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+
+
+@contextmanager
+def tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at the existing folder ``path`` (root only), always unmounted:
+    lazily, so that a file a failed test left open cannot keep it mounted."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tartapefs-test", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def run_mount_cli(*args: str | Path, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:

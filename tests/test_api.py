@@ -282,3 +282,17 @@ def test_playing_from_outside_the_tape_is_a_usage_error(hard_tape, start):
     start = hard_tape.total_size + 1 if start == "past_end" else start
     with pytest.raises(UsageError):
         next(iter(TapePlayer(hard_tape).play(start_offset=start)))
+
+
+def test_every_error_class_the_package_help_names_is_exported():
+    import builtins
+    import pydoc
+    import re
+
+    import tartapefs
+
+    named = set(re.findall(r"\b([A-Z]\w*Error)\b", pydoc.render_doc(tartapefs, renderer=pydoc.plaintext)))
+    missing = sorted(n for n in named if not hasattr(tartapefs, n) and not hasattr(builtins, n))
+    assert missing == []
+    assert all(issubclass(getattr(tartapefs, n), tartapefs.TartapeError) for n in named
+               if hasattr(tartapefs, n) and n != "TartapeError")

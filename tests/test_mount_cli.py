@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import TARTAPE_MOUNT, daemon_pids, mounted_fstype, run_as_nobody, run_mount_cli
+from mountutil import TARTAPE_MOUNT, daemon_pids, mounted_fstype, run_as_nobody, run_mount_cli, tmpfs
 from trees import build_small_tree
 
 pytestmark = pytest.mark.index
@@ -71,3 +71,43 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     assert done.returncode == 0, done.stderr
     # verify exits 0 on many mistakes (a bad Type=, unknown keys) and only warns.
     assert "tartape-mount@" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_dash_u_refuses_a_mount_that_is_not_tartapefs_and_leaves_it_mounted(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with tmpfs(disk):
+        done = run_mount_cli("-u", disk)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"tartape-mount: {disk}: a tmpfs mount, not a tartapefs one; "
+            "tartape-mount -u unmounts only tartapefs mounts"]
+        assert mounted_fstype(disk) == "tmpfs"
+
+
+def test_without_pyfuse3_tartape_mount_says_what_to_install_in_one_line(tmp_path):
+    """As after `pip install .` without the fuse extra (pyfuse3 made unimportable)."""
+    src = build_small_tree(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    code = ("import sys; sys.modules['pyfuse3'] = None; from tartapefs.mount import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    for args in ([src, mnt], [src, mnt, "-f"]):
+        done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "tartape-mount: pyfuse3 is not installed: mounting needs the fuse extra "
+            "(pip install 'tartapefs[fuse]', which builds against libfuse3-dev)"]
+        assert mounted_fstype(mnt) is None and daemon_pids(mnt) == []
+
+
+def test_options_take_any_case_and_the_help_quotes_no_stale_figures(tmp_path):
+    from tartapefs import mount
+
+    assert mount.parse_args([str(tmp_path), str(tmp_path), "--log-level", "info"]).log_level == "INFO"
+    shown = run_mount_cli("--help")
+    assert shown.returncode == 0 and "--direct-io" in shown.stdout and "GB/s" not in shown.stdout
+    version = run_mount_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"tartape-mount {mount.__version__}"

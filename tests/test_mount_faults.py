@@ -138,3 +138,34 @@ def test_record_while_mounted_keeps_serving_the_mounted_tape(mounts, tmp_path):
     assert os.stat(fresh.file).st_size == len(new)
     with open(fresh.file, "rb") as f:
         assert f.read() == new
+
+
+@pytest.mark.parametrize("direct_io", [False, True], ids=["buffered", "direct_io"])
+def test_cached_pages_keep_the_recorded_bytes_and_a_shared_page_fails_only_when_buffered(mounts, tmp_path,
+                                                                                      direct_io):
+    """What the README says of a change seen through the mount: pages the kernel already holds
+    keep serving the recorded bytes; once dropped, a buffered read of an unchanged member's last
+    page fails too when that page holds the changed member's header (the kernel asks for whole
+    pages); --direct-io asks for exactly the bytes read, so the neighbour stays readable."""
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "a.bin").write_bytes(content(b"a", 1000))  # its body and b.bin's header share page 0
+    (src / "b.bin").write_bytes(content(b"b", 1000))
+    tape = record(src)
+    reference = archive_of(tape)
+    a, b = tape.locate("data/a.bin"), tape.locate("data/b.bin")
+    assert a.body_end // 4096 == b.offset // 4096
+    mount = mounts.foreground(src, None, *(["--direct-io"] if direct_io else []))
+    fd = os.open(mount.file, os.O_RDONLY)
+    try:
+        assert os.pread(fd, len(reference), 0) == reference  # now in the page cache (buffered)
+        with open(src / "b.bin", "ab") as f:
+            f.write(b"more")
+        if not direct_io:
+            assert pread_or_errno(fd, 1000, b.body_offset) == reference[b.body_offset:b.body_offset + 1000]
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert pread_or_errno(fd, 1000, b.body_offset) == errno.EIO
+        neighbour = pread_or_errno(fd, a.size, a.body_offset)
+        assert neighbour == (reference[a.body_offset:a.body_end] if direct_io else errno.EIO)
+    finally:
+        os.close(fd)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import NEEDS_MOUNT, Mounts
+from mountutil import NEEDS_MOUNT, Mounts, tmpfs
 
 TARTAPE = Path(sys.executable).parent / "tartape"
 NS = 1_000_000_000
@@ -103,13 +103,10 @@ def times(request, tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "tmpfs"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(disk, "16m"):
         src, kept = build(disk, {**MTIMES, **TMPFS_ONLY})
         assert kept == {**MTIMES, **TMPFS_ONLY}, "tmpfs keeps every nanosecond"
         yield src, kept
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.index

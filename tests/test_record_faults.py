@@ -18,6 +18,7 @@ import pytest
 
 from tartapefs import Tape, TapeReader, TapeRecorder
 from tartapefs.errors import IndexCorruptError, IndexVersionError, TartapeError
+from mountutil import tmpfs
 from tartapefs.index import seal
 
 pytestmark = pytest.mark.index
@@ -91,8 +92,7 @@ def test_unreadable_entries_are_named_at_record_time_and_nothing_is_written(worl
 def test_a_full_disk_while_writing_the_index_leaves_the_previous_one(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tartapefs-test", str(disk)], check=True)
-    try:
+    with tmpfs(disk, "256k"):
         src = tmp_path / "data"
         many_files(src, 10)
         index = disk / "index.db"
@@ -106,9 +106,6 @@ def test_a_full_disk_while_writing_the_index_leaves_the_previous_one(tmp_path):
         with Tape.open(str(index)) as tape:
             assert tape.fingerprint == before and tape.member_count == count
         assert os.listdir(disk) == ["index.db"]  # no temporary file left behind
-    finally:
-        # lazily, so that a failed assertion holding the index open cannot leave the mount
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _interrupt_record(src: Path, index: Path, sig: int) -> subprocess.CompletedProcess:
