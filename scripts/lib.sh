@@ -24,6 +24,12 @@ tt_die() {
     exit 1
 }
 
+# Says what a set-up step is about to do, one line on stderr: the first run of a fresh machine
+# spends minutes installing, and must not look hung.
+tt_step() {
+    echo "set-up: $*" >&2
+}
+
 # Runs a command with its output captured; prints that output only if the command fails.
 tt_quiet() {
     local log rc=0
@@ -49,9 +55,10 @@ tt_apt_setup() {
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || tt_die "missing Debian packages (${missing[*]}); install them as root"
-    echo "installing Debian packages: ${missing[*]}" >&2
     # The package lists of a fresh machine may be empty or stale: update once, before installing.
+    tt_step "updating the Debian package lists (apt-get update)"
     tt_quiet env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    tt_step "installing Debian packages: ${missing[*]}"
     tt_quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         "${missing[@]}"
 }
@@ -85,9 +92,12 @@ tt_venv_setup() {
     fi
     if [ ! -x "$venv/bin/python" ]; then
         python=$(tt_find_python)
+        tt_step "creating the virtualenv $venv"
         tt_quiet "$python" -m venv "$venv"
     fi
+    tt_step "upgrading pip in $venv"
     tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    tt_step "installing tartapefs and its extras into $venv (pyfuse3 is built: a minute or two)"
     tt_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$TT_REPO[fuse,age,test]"
     # pip hides the build's own line when the C extension could not be built: say it here.
     env -u TARTAPEFS_PURE "$venv/bin/python" -c \

@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     help = "members out of an archive (a file or an http(s) URL), found through its index"
     p = sub.add_parser("extract", help=help, description=help)
     extract.add_arguments(p)
-    p.set_defaults(run=lambda args: extract.run(args, _quote))
+    p.set_defaults(run=extract.run)
     return parser
 
 
@@ -293,9 +293,9 @@ def _ls(args) -> int:
         write = sys.stdout.write
         for r in recordings:
             for tape in r.tapes():
-                name = _quote(names[(r.index_path, tape.number)])
+                name = names[(r.index_path, tape.number)]
                 for m in tape.members():
-                    write(f"{name}\t{m.offset}\t{m.size}\t{_quote(m.display_name)}\n")
+                    write(f"{name}\t{m.offset}\t{m.size}\t{m.display_name}\n")
     return 0
 
 
@@ -304,10 +304,10 @@ def _locate(args) -> int:
         names = _names(recordings)
         for tape, m in recordings[0].locate(args.member):
             (h0, h1), (b0, b1) = m.header_range, m.body_range
-            print(f"archive\t{_quote(names[(tape.index_path, tape.number)])}")
+            print(f"archive\t{names[(tape.index_path, tape.number)]}")
             if tape.encryption is not None:  # served as NAME.age: the ranges are of the tar it holds
-                print(f"encrypted\t{_quote(names[(tape.index_path, tape.number)])}.age")
-            print(f"member\t{_quote(m.display_name)}")
+                print(f"encrypted\t{names[(tape.index_path, tape.number)]}.age")
+            print(f"member\t{m.display_name}")
             print(f"kind\t{m.kind}")
             print(f"header\t{h0}-{h1 - 1}\t({h1 - h0} bytes)")
             if b1 > b0:
@@ -379,10 +379,10 @@ def _info(args) -> int:
             for recipient in r.recipients or ():
                 print(f"recipient\t{recipient}")
             for t, f in zip(tapes, items):
-                print(f"archive\t{_quote(f.name)}\t{f.total_size}\t{t.member_count}\t{f.fingerprint}")
+                print(f"archive\t{f.name}\t{f.total_size}\t{t.member_count}\t{f.fingerprint}")
                 if isinstance(f, EncryptedTape):
-                    print(f"encrypted\t{_quote(f.name)}\theader {f.header_size} bytes\tplaintext "
-                          f"{_quote(f.tape.name)} {f.plaintext_size} bytes")
+                    print(f"encrypted\t{f.name}\theader {f.header_size} bytes\tplaintext "
+                          f"{f.tape.name} {f.plaintext_size} bytes")
     return 0
 
 
@@ -393,11 +393,6 @@ def _utc(seconds: int) -> str:
     except (OverflowError, OSError, ValueError):  # past year 9999
         return str(seconds)
     return f"{when:%Y-%m-%d %H:%M:%S} UTC ({seconds})"
-
-
-def _quote(text: str) -> str:
-    """Names may hold newlines and tabs: escape them so one member stays one line."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
 if __name__ == "__main__":

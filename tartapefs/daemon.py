@@ -19,7 +19,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from .errors import TartapeError
+from .errors import TartapeError, counted
 from .fusefs import TapeFS
 from .reader import tune_malloc
 from .process import Progress, Readiness, detach_stdio, sd_notify
@@ -75,19 +75,22 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
         return 1
     try:
         fs = TapeFS({f.name: f for f in files}, direct_io=args.direct_io)
+        serving = []
         for r in recordings:
             tapes = r.tapes()
-            log.info("serving %s: %d archives, %d bytes, %d members, from %s (index %s)",
-                     r.stem, len(tapes), sum(t.total_size for t in tapes), r.member_count,
-                     r.source_root, r.index_path)
+            what = (os.path.join(args.mountpoint, files[0].name) if len(files) == 1
+                    else f"{args.mountpoint} ({counted(len(tapes), 'archive')} of {r.stem})")
+            serving.append(f"serving {what}: {counted(sum(t.total_size for t in tapes), 'byte')}, "
+                           f"{counted(r.member_count, 'member')}, from {r.source_root} (index {r.index_path})")
         args.served_name = files[0].name
-        return trio.run(serve, fs, args, options, readiness)
+        return trio.run(serve, fs, args, options, readiness, serving)
     finally:
         for r in recordings:
             r.close()
 
 
-async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readiness: Readiness) -> int:
+async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readiness: Readiness,
+                serving: list[str]) -> int:
     try:
         pyfuse3.init(fs, args.mountpoint, options)
     except RuntimeError as err:
@@ -106,10 +109,12 @@ async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readine
                 nursery.cancel_scope.cancel()
                 return 1
             _tune_read_ahead(st.st_dev)
-            log.info("mounted %s", served)
             readiness.ready(f"serving {args.served_name}")
             if args.ready_fd is not None:
                 detach_stdio(PROG, args.mountpoint, args.log_file)
+            # After the detach: a background daemon's log (syslog, or its file) says it serves.
+            for line in serving:
+                log.info("%s", line)
     finally:
         # unmount=True is harmless after an external unmount: libfuse sees the
         # dead connection and skips the umount call.

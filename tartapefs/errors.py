@@ -102,7 +102,58 @@ def counted(count: int, noun: str, plural: str = "") -> str:
 
 
 def show_path(path: bytes | str) -> str:
-    """A path for messages: str as is, bytes decoded with undecodable bytes escaped."""
-    if isinstance(path, str):
-        return path
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A name for people, on one line, that :func:`unshow_path` turns back into its bytes.
+
+    Valid UTF-8 shows as is, except: a backslash as ``\\\\``, newline and tab as ``\\n``
+    and ``\\t``, and every other control character (C0, DEL, C1) and every byte that is not
+    valid UTF-8 as ``\\xNN``, one per byte. ``tartape ls`` shows names so, and ``tartape
+    locate`` accepts them back. A str is taken as ``os.fsencode`` gives its bytes.
+    """
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    text = raw.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text  # the common name: nothing to escape
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as surrogateescape keeps it
+            out.append("\\x%02x" % (code - 0xDC00))
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unshow_path(text: str) -> bytes | None:
+    """The bytes of a name shown by :func:`show_path`; None when ``text`` holds a backslash
+    that is not one of its escapes (then it was not such a name)."""
+    raw = os.fsencode(text)
+    if b"\\" not in raw:
+        return raw
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        byte = raw[i]
+        if byte != 0x5C:  # backslash
+            out.append(byte)
+            i += 1
+            continue
+        code = raw[i + 1 : i + 2]
+        if code in _UNNAMED:
+            out += _UNNAMED[code]
+            i += 2
+        elif code == b"x" and len(raw) >= i + 4 and all(c in b"0123456789abcdefABCDEF" for c in raw[i + 2 : i + 4]):
+            out.append(int(raw[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            return None
+    return bytes(out)
+
+
+_NAMED = {"\n": "\\n", "\t": "\\t"}
+_UNNAMED = {b"\\": b"\\", b"n": b"\n", b"t": b"\t"}

@@ -50,7 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--list", action="store_true", help="list the members (header offset, size, name) from the index alone")
 
 
-def run(args, quote: Callable[[str], str]) -> int:
+def run(args) -> int:
     """The ``extract`` command: 0 when every member asked for was written (or listed)."""
     if not args.list and not args.members:
         raise UsageError("extract: name at least one MEMBER (or --list)")
@@ -61,7 +61,7 @@ def run(args, quote: Callable[[str], str]) -> int:
             rows = select(catalogue, args.members) if args.members else catalogue.rows()
             write = sys.stdout.write
             for row in rows:
-                write(f"{row.header_offset}\t{row.size}\t{quote(show_path(row.name))}\n")
+                write(f"{row.header_offset}\t{row.size}\t{show_path(row.name)}\n")
             return 0
         rows = select(catalogue, args.members)
         Extractor(source, catalogue, args.directory).extract(rows)

@@ -181,6 +181,28 @@ def default_log_path(mnt: str) -> str:
     return os.path.join(state_dir(), "log", (mnt.strip("/").replace("/", "_") or "root") + ".log")
 
 
+#: A default log file not written for this long belongs to a mount point gone for as long.
+LOG_KEEP_S = 30 * 86400
+
+
+def prune_logs(folder: str, now: float | None = None) -> None:
+    """Remove the ``*.log`` files of ``folder`` (default_log_path's) not written for
+    LOG_KEEP_S seconds, so logs of mount points that no longer exist do not pile up.
+    Best effort: what cannot be removed stays."""
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if (entry.name.endswith(".log") and entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > LOG_KEEP_S):
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
 def detach_stdio(prog: str, mnt: str, log_file: str | None) -> None:
     """Background child, once ready: stop using the caller's terminal (or pipe: a
     caller reading our stderr would otherwise wait for us to exit). Logs go on to
@@ -196,6 +218,7 @@ def detach_stdio(prog: str, mnt: str, log_file: str | None) -> None:
             path = default_log_path(mnt)
             try:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                prune_logs(os.path.dirname(path))
                 handler = logging.FileHandler(path)
                 handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(prog, mnt)))
             except OSError:

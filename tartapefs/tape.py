@@ -25,7 +25,7 @@ from .bytesource import Slice
 from .age import Recipient
 from .encrypt import EncryptedTape, EncryptionState, recorded_states
 from .errors import (IndexError_, IndexMissingError, IndexSourceMismatchError, MemberNotFoundError, UsageError,
-                     show_path)
+                     show_path, unshow_path)
 from .index import Index, TapeRows
 from .layout import Member, locate
 from .plan import PlannedTape, PlanOptions, volume_name, volume_ranges, wids_index
@@ -106,12 +106,18 @@ class Recording:
         return self._index.iter_members()
 
     def locate(self, arc_path: str | bytes) -> list[tuple[Tape, Member]]:
-        """Each tape holding a member named ``arc_path`` and that member (its offsets
-        within that tape): one, or one per shard for a folder shards repeat.
+        """Each tape holding a member named ``arc_path`` (its bytes, or the name as
+        :func:`~tartapefs.errors.show_path` shows it) and that member (its offsets within
+        that tape): one, or one per shard for a folder shards repeat.
         MemberNotFoundError when there is none."""
         name = os.fsencode(arc_path)
+        rows = self._index.find_all(name)
+        if not rows and b"\\" in name:
+            # A name as `tartape ls` shows it (show_path's escapes) gives its bytes back.
+            shown = unshow_path(os.fsdecode(name))
+            rows = self._index.find_all(shown) if shown is not None else rows
         found = []
-        for m in self._index.find_all(name):
+        for m in rows:
             tape = self._tapes[locate(self._starts, m.offset)]
             found.append((tape, m._replace(offset=m.offset - tape.start)))
         if not found:
@@ -203,9 +209,15 @@ class Tape:
         return self.recording._index.iter_members(start, self.start, self.start + self.total_size)
 
     def locate(self, arc_path: str | bytes) -> Member:
-        """The member named ``arc_path`` (its header and body ranges are on it)."""
+        """The member named ``arc_path`` (its header and body ranges are on it): the name's
+        bytes, or the name as :func:`~tartapefs.errors.show_path` shows it."""
         name = os.fsencode(arc_path)
         member = self.recording._index.find(name, self.start, self.start + self.total_size)
+        if member is None and b"\\" in name:
+            # A name as `tartape ls` shows it (show_path's escapes) gives its bytes back.
+            shown = unshow_path(os.fsdecode(name))
+            if shown is not None:
+                member = self.recording._index.find(shown, self.start, self.start + self.total_size)
         if member is None:
             raise MemberNotFoundError(f"{show_path(name)}: no such member in {self.name} ({self.index_path})")
         return member

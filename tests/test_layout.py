@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tartapefs import format as fmt
+from tartapefs.errors import show_path, unshow_path
 from tartapefs.layout import Fingerprint, Member, archive_name, locate
 
 pytestmark = pytest.mark.pure
@@ -85,3 +86,10 @@ def test_locate_agrees_with_a_linear_scan(sizes, data):
     m = members[linear]
     assert m.offset <= m.body_offset <= m.body_end <= m.end
     assert m.body_range == (m.offset + 512, m.offset + 512 + m.size)
+
+
+@given(st.binary(max_size=40))
+def test_a_shown_name_is_one_printable_line_that_gives_its_bytes_back(raw):
+    shown = show_path(raw)
+    assert unshow_path(shown) == raw
+    assert not any(0xDC80 <= ord(ch) <= 0xDCFF or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in shown)

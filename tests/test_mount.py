@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,7 @@ import pytest
 from mountutil import (DEADLINE_S, NAME, NEEDS_MOUNT, NOBODY, TARTAPE, TARTAPE_MOUNT, Mounts, as_nobody, daemon_env,
                        daemon_pids, force_unmount, is_stale, mounted_fstype, pid_gone, pread_errno,
                        run_as_nobody, run_mount_cli, stream_bytes, wait_until)
+from tartapefs import Tape
 from trees import _Builder, build_small_tree, content, scratch_dir, tree_differences
 
 pytestmark = NEEDS_MOUNT
@@ -283,6 +286,46 @@ def test_a_background_daemon_without_syslog_logs_the_changed_member_to_its_state
     assert pread_errno(mount.file, two.body_offset, 4096) == errno.EIO
     log = tmp_path / "state" / "tartapefs" / "log" / (str(mount.mnt).strip("/").replace("/", "_") + ".log")
     wait_until(lambda: log.exists() and "big/two.bin" in log.read_text(), f"the member named in {log}")
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} tartape-mount (/\S*): (INFO|ERROR) (.+)")
+SERVING = re.compile(r"serving (/\S+): (\d+) bytes, (\d+) members, from (/\S+) \(index (/\S+)\)")
+CHANGED = re.compile(r"(\S+): source changed since recording: (.+); answering EIO for its range")
+
+
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="with syslog present the daemon logs there")
+def test_a_background_daemon_logs_when_it_serves_as_the_readme_shows_and_old_logs_go(mounts, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    logs = tmp_path / "state" / "tartapefs" / "log"
+    logs.mkdir(parents=True)
+    gone, recent = logs / "mnt_gone.log", logs / "mnt_other.log"
+    for old in (gone, recent):
+        old.write_text("an older daemon's line\n")
+    month_ago = time.time() - 31 * 86400
+    os.utime(gone, (month_ago, month_ago))
+    src = build_transfer_tree(tmp_path)
+    mount = mounts.background(src, None, log_file=False)
+    log = logs / (str(mount.mnt).strip("/").replace("/", "_") + ".log")
+    wait_until(lambda: log.exists() and " serving " in log.read_text(), f"the serving line in {log}")
+    assert not gone.exists() and recent.exists()
+    two = _locate(src, "data/big/two.bin")
+    with open(src / "big" / "two.bin", "r+b") as f:
+        f.write(b"changed!")
+    assert pread_errno(mount.file, two.body_offset, 4096) == errno.EIO
+    wait_until(lambda: " ERROR " in log.read_text(), f"the error line in {log}")
+    real = [LOG_LINE.fullmatch(line) for line in log.read_text().splitlines()]
+    assert all(real) and {m.group(1) for m in real} == {str(mount.mnt)}
+    serving = [SERVING.fullmatch(m.group(3)) for m in real if m.group(3).startswith("serving ")]
+    tape = Tape.discover(str(src))
+    assert len(serving) == 1 and serving[0].groups() == (
+        str(mount.file), str(tape.total_size), str(tape.member_count), str(src), tape.index_path)
+    assert [CHANGED.fullmatch(m.group(3)).group(1) for m in real if m.group(2) == "ERROR"] == ["data/big/two.bin"]
+    # The README shows lines of exactly these shapes.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sample = [LOG_LINE.fullmatch(line) for line in readme.splitlines() if " tartape-mount /" in line]
+    assert len(sample) == 2 and all(sample), sample
+    assert SERVING.fullmatch(sample[0].group(3)) and CHANGED.fullmatch(sample[1].group(3))
 
 
 def test_name_and_index_options(mounts, tmp_path):

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mountutil import TARTAPE_MOUNT, daemon_pids, mounted_fstype, run_as_nobody, run_mount_cli, tmpfs
+from mountutil import (TARTAPE_MOUNT, daemon_pids, force_unmount, mounted_fstype, run_as_nobody, run_mount_cli,
+                       tmpfs)
 from trees import build_small_tree
 
 pytestmark = pytest.mark.index
@@ -93,14 +95,19 @@ def test_without_pyfuse3_tartape_mount_says_what_to_install_in_one_line(tmp_path
     mnt.mkdir()
     code = ("import sys; sys.modules['pyfuse3'] = None; from tartapefs.mount import main; "
             "sys.exit(main(sys.argv[1:]))")
-    for args in ([src, mnt], [src, mnt, "-f"]):
-        done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
-        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-        assert done.stderr.strip().splitlines() == [
-            "tartape-mount: pyfuse3 is not installed: mounting needs the fuse extra "
-            "(pip install 'tartapefs[fuse]', which builds against libfuse3-dev)"]
-        assert mounted_fstype(mnt) is None and daemon_pids(mnt) == []
+    try:
+        for args in ([src, mnt], [src, mnt, "-f"]):
+            done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                                  text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert done.stderr.strip().splitlines() == [
+                "tartape-mount: pyfuse3 is not installed: mounting needs the fuse extra "
+                "(pip install 'tartapefs[fuse]', which builds against libfuse3-dev)"]
+            assert mounted_fstype(mnt) is None and daemon_pids(mnt) == []
+    finally:  # a background child has its own pyfuse3: whatever it mounted must go
+        for pid in daemon_pids(mnt):
+            os.kill(pid, signal.SIGKILL)
+        force_unmount(mnt)
 
 
 def test_options_take_any_case_and_the_help_quotes_no_stale_figures(tmp_path):
