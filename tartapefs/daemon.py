@@ -52,7 +52,7 @@ def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
             recordings.append(recording)
             progress.done()
             if progress.count:
-                log.info("recorded %d entries into %s", progress.count, recording.index_path)
+                log.info("recorded %s into %s", counted(progress.count, "entry", "entries"), recording.index_path)
         return recordings, archives(recordings, args.name, args.split)
     except BaseException:
         for r in recordings:

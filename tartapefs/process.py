@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .age import Recipient
-from .errors import TartapeError, UsageError, show_path
+from .errors import TartapeError, UsageError, counted, show_path
 from .record import state_dir
 
 log = logging.getLogger("tartapefs.mount")
@@ -142,11 +142,11 @@ class Progress:
         now = time.monotonic()
         if self._tty and now - self._shown > 0.2:  # throttled: millions of entries
             self._shown = now
-            print(f"\r{self._what}: {count} entries\033[K", end="", file=sys.stderr, flush=True)
+            print(f"\r{self._what}: {counted(count, 'entry', 'entries')}\033[K", end="", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         if self._tty and self._shown:
-            print(f"\r{self._what}: {self.count} entries\033[K", file=sys.stderr, flush=True)
+            print(f"\r{self._what}: {counted(self.count, 'entry', 'entries')}\033[K", file=sys.stderr, flush=True)
             self._shown = 0.0
 
 

@@ -31,3 +31,14 @@ def test_a_size_below_10_kib_is_refused(text):
     with pytest.raises(UsageError, match="below the smallest part, 10 KiB"):
         parse_size(text, "--shard-size")
     assert parse_size("10KiB", "--shard-size") == MIN_PART_SIZE
+
+
+def test_the_progress_line_counts_one_entry_in_the_singular(capsys):
+    from tartapefs.process import Progress
+
+    progress = Progress("tartape: scanned")
+    progress._tty = True  # as on a terminal
+    progress(1)
+    progress.done()
+    shown = capsys.readouterr().err
+    assert "tartape: scanned: 1 entry\x1b[K" in shown and "entries" not in shown
