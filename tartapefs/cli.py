@@ -33,10 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # A reader that goes away (| head) ends us as it ends cat: by SIGPIPE, silently,
     # not with a message and exit 1 (which `verify` uses for "members changed").
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    log_to_stderr("tartape")
-    code = run_main("tartape", lambda: args.run(args))
-    sys.stderr.flush()
+    # Restored afterwards: a caller in the same process keeps its own disposition.
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        log_to_stderr("tartape")
+        code = run_main("tartape", lambda: args.run(args))
+        sys.stderr.flush()
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
     return code
 
 
