@@ -19,6 +19,9 @@ def test_each_set_up_step_that_does_work_says_so_in_one_line(tmp_path):
     """A fresh machine spends minutes installing: each step announces itself (here with a
     stand-in interpreter, so nothing is installed)."""
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "x.c").write_text("")
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text("#!/bin/sh\nexit 0\n")
