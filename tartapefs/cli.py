@@ -10,7 +10,6 @@ import argparse
 import datetime
 import fcntl
 import os
-import signal
 import stat
 import sys
 from collections.abc import Callable
@@ -31,16 +30,9 @@ _CHUNK = 1 << 20
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # A reader that goes away (| head) ends us as it ends cat: by SIGPIPE, silently,
-    # not with a message and exit 1 (which `verify` uses for "members changed").
-    # Restored afterwards: a caller in the same process keeps its own disposition.
-    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
-        log_to_stderr("tartape")
-        code = run_main("tartape", lambda: args.run(args))
-        sys.stderr.flush()
-    finally:
-        signal.signal(signal.SIGPIPE, previous)
+    log_to_stderr("tartape")
+    code = run_main("tartape", lambda: args.run(args))
+    sys.stderr.flush()
     return code
 
 
@@ -221,14 +213,9 @@ def _stream_one(item, start: int, output: str | None) -> int:
         return 0
     out = sys.stdout.buffer
     _widen_pipe(out.fileno())
-    try:
-        with closing(item.reader()) as reader:
-            _copy(reader, start, item.total_size, out.write, item.name)
-        out.flush()
-    except BrokenPipeError:
-        # The reader went away (| head): not our error; silence the final flush too.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    with closing(item.reader()) as reader:  # a reader gone early (| head): run_main ends us quietly
+        _copy(reader, start, item.total_size, out.write, item.name)
+    out.flush()
     return 0
 
 

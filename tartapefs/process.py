@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import re
+import select
 import socket
 import sys
 import time
@@ -101,10 +102,30 @@ def recipients_of(args: argparse.Namespace) -> list[Recipient] | None:
     return found
 
 
+#: The exit status of a command whose reader went away: a shell's 128 + SIGPIPE, as for cat.
+CLOSED_PIPE_EXIT = 141
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; turn every expected failure into one line and an exit code."""
+    """Run a command's body; turn every expected failure into one line and an exit code.
+
+    A reader that closed our stdout early (``tartape ls SRC | head -1``) ends the command
+    quietly with :data:`CLOSED_PIPE_EXIT`, as it ends ``cat``: not an error line and exit 1
+    (which ``verify`` uses for "members changed")."""
     try:
-        return body()
+        code = body()
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be told
+        return code
+    except BrokenPipeError as err:
+        if not _stdout_closed():
+            where = f"{show_path(err.filename)}: " if err.filename else ""
+            print(f"{prog}: {where}{err.strerror}", file=sys.stderr)
+            return 1
+        # Nothing more can reach the reader: the last flush at exit goes nowhere, quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_PIPE_EXIT
     except TartapeError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
@@ -115,6 +136,16 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def log_to_stderr(prog: str, level: str = "INFO") -> None:
