@@ -115,7 +115,7 @@ def test_locate_prints_header_and_body_ranges_and_an_http_range(recorded):
 def test_every_name_ls_shows_is_accepted_back_by_locate(hard_tree, hard_tape):
     """Names that are not UTF-8 or hold a newline, shown escaped on one line (\\xff, \\n, \\\\),
     never as the \\udcff of a Python surrogate; locate takes each one back."""
-    shown = [line.split(b"\t", 2)[2].decode() for line in ok("ls", hard_tree.root).splitlines()]
+    shown = [line.split(b"\t", 3)[3].decode() for line in ok("ls", hard_tree.root).splitlines()]
     assert not [name for name in shown if "\\udc" in name]
     assert any("\\x" in name for name in shown) and any("\\n" in name for name in shown)
     for name, m in zip(shown, hard_tape.members()):
