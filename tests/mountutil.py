@@ -220,10 +220,10 @@ class Mounts:
             if m.proc.poll() is not None:
                 pytest.fail(f"tartape-mount exited {m.proc.returncode}: "
                             f"{m.proc.stderr.read().decode(errors='replace')}{m.log_text()}")
-            # The daemon logs "mounted" once it has seen its own mount answer: after
+            # The daemon logs "serving" once it has seen its own mount answer: after
             # that line it writes nothing more unless something happens.
             return (mounted_fstype(m.mnt) == "fuse.tartapefs" and m.file.exists()
-                    and "mounted " in m.log_text())
+                    and " serving " in m.log_text())
 
         wait_until(up, f"mount of {src} at {m.mnt}")
         return m
