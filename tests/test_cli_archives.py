@@ -124,7 +124,7 @@ def test_bad_input_is_one_line_and_writes_nothing(photos, tmp_path, case):
 
 def test_verify_checks_a_sharded_recording_member_by_member(photos):
     ok("record", photos, "--shard-size", "64KiB")
-    assert b"ok: all" in ok("verify", photos)
+    assert b"all as recorded" in ok("verify", photos)
     (photos / "odd" / "b.cls").write_text("changed")
     proc = tartape("verify", photos)
     assert proc.returncode == 1
