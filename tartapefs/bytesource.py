@@ -2,8 +2,10 @@
 
 A byte source is anything with ``read(offset, size) -> bytes`` that returns
 exactly ``min(size, total_size - offset)`` bytes (``b""`` at or past the end)
-or raises, and ``close()``: the plain tape reader, a volume (a slice of
-another source), an in-memory file such as a shard list. The FUSE layer and
+or raises, and ``close()``. The bytes may come as a ``bytearray`` that the
+caller then owns (the encrypting reader seals into one, to save a copy).
+Sources: the plain tape reader, a volume (a slice of another source), an
+in-memory file such as a shard list, the encrypting reader. The FUSE layer and
 the programs serve any of them alike and know nothing of what is behind.
 """
 
@@ -19,7 +21,7 @@ class ByteSource(Protocol):
 
     total_size: int
 
-    def read(self, offset: int, size: int) -> bytes: ...
+    def read(self, offset: int, size: int) -> bytes | bytearray: ...
 
     def close(self) -> None: ...
 
