@@ -23,7 +23,7 @@ from .process import (OneLineParser, Progress, encryption_arguments, log_to_stde
 from .reader import tune_malloc
 from .plan import PlanOptions
 from .record import TapeRecorder, check_sources
-from .tape import EncryptedTape, Recording, Tape, archives, record_or_reuse
+from .tape import EncryptedTape, GeneratedSidecar, Recording, Tape, archives, record_or_reuse
 
 _CHUNK = 1 << 20
 
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="cut into WebDataset shards of at most SIZE (10G, 512MiB)")
         p.add_argument("--shard-members", metavar="N", type=_positive("--shard-members"),
                        help="cut into shards of at most N members")
+        p.add_argument("--index-member", action="store_true",
+                       help="end each archive with its index member, STEM.tarindex.csv (for tartape extract)")
+        p.add_argument("--ratarmount-index", action="store_true",
+                       help="make ratarmount's index of each archive at record time: NAME.index.sqlite beside it")
 
     p = command("record", _record, "walk SRC once and write its index")
     p.add_argument("--prefix", metavar="NAME", help="what member names start with (default: the folder's name; '' for none)")
@@ -107,9 +111,11 @@ def _sources(args) -> list[str]:
 
 
 def _plan(args) -> PlanOptions | None:
-    if args.shard_size is None and args.shard_members is None:
+    """The plan options given, or None when none was (a recording is then used as planned)."""
+    if args.shard_size is None and args.shard_members is None and not args.index_member \
+            and not args.ratarmount_index:
         return None
-    return PlanOptions(args.shard_size, args.shard_members)
+    return PlanOptions(args.shard_size, args.shard_members, args.index_member, args.ratarmount_index)
 
 
 def _open(args) -> list[Recording]:
@@ -175,10 +181,10 @@ def _stream(args) -> int:
     srcs = _sources(args)
     plan = _plan(args)
     recipients = recipients_of(args)
-    if plan and args.name:
+    if plan and plan.sharded and args.name:
         raise UsageError("--name: shards are named after their folder (NAME-000000.tar); drop --name")
     to_dir = bool(args.output) and (args.output.endswith("/") or os.path.isdir(args.output))
-    if not to_dir and args.archive is None and (len(srcs) > 1 or plan or args.split):
+    if not to_dir and args.archive is None and (len(srcs) > 1 or (plan and plan.sharded) or args.split):
         raise UsageError("several archives: write them with -o DIR/, or pick one with --archive NAME")
     recordings = []
     try:
@@ -192,6 +198,8 @@ def _stream(args) -> int:
                 files = [f for f in files if f.name == args.archive]
                 if not files:
                     raise UsageError(f"--archive {args.archive}: no such archive (see tartape ls)")
+            elif not to_dir:  # one archive to one output: a ratarmount index beside it is left out
+                files = [f for f in files if not isinstance(f, GeneratedSidecar)]
             if to_dir:
                 if args.start_offset:
                     raise UsageError("--start-offset: with -o DIR/ every archive is written whole")

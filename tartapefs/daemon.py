@@ -43,7 +43,9 @@ def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
     # No plan option: whatever the recording was planned with; other options than
     # recorded: record again (never serve a mismatch).
-    plan = PlanOptions(args.shard_size, args.shard_members) if args.shard_size or args.shard_members else None
+    plan = None
+    if args.shard_size or args.shard_members or args.index_member or args.ratarmount_index:
+        plan = PlanOptions(args.shard_size, args.shard_members, args.index_member, args.ratarmount_index)
     recordings = []
     try:
         for src in args.srcs:

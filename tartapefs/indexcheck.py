@@ -23,9 +23,10 @@ META_TYPES = {
     "member_count": int, "tape_count": int, "source_root": bytes, "prefix": bytes, "keep_owner": int,
     "exclude": str, "plan": str, "encrypt_to": str, "created_by": str,
 }
-# The types of a tapes row: number, name, start, total_size, member_count, fingerprint, mtime, nsamples.
+# The types of a tapes row: number, name, start, total_size, member_count, fingerprint, mtime, nsamples
+# (then index_member: an int, or None for a tape without one).
 TAPE_TYPES = (int, bytes, int, int, int, str, int, int)
-KIND_CODES = (0, 1, 2, 5)  # file, hard link, symlink, folder
+KIND_CODES = (0, 1, 2, 5, 100)  # file, hard link, symlink, folder, a file tartapefs made (an index member)
 _HARDLINK_CODE = 1
 
 
@@ -58,6 +59,8 @@ def tape_fault(row: tuple) -> str | None:
                                                    "fingerprint", "mtime", "samples")):
         if type(value) is not kind:
             return f"its {what} is {type(value).__name__}, not {kind.__name__}"
+    if len(row) > len(TAPE_TYPES) and row[len(TAPE_TYPES)] is not None and type(row[len(TAPE_TYPES)]) is not int:
+        return f"its index member offset is {type(row[len(TAPE_TYPES)]).__name__}, not int"
     name, total, count = row[1], row[3], row[4]
     if not name or b"/" in name or b"\0" in name or name in (b".", b"..") or len(name) > 255:
         return f"its name {show_path(name)!r} is not a file name"

@@ -29,6 +29,8 @@ class Member(NamedTuple):
     Offsets and sizes are bytes from the start of the tape. ``source`` is the
     path relative to the source root (``b""`` for the root itself); ``ino``,
     ``mtime_ns`` and ``ctime_ns`` are the recorded ``lstat`` values.
+    ``generated``: a regular file whose body no source file holds: tartapefs
+    makes it (the index member); ``source`` is then its name under the prefix.
     """
 
     header: fmt.Header
@@ -39,6 +41,7 @@ class Member(NamedTuple):
     dev: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+    generated: bool = False
 
     @property
     def name(self) -> bytes:

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", metavar="SIZE", type=size_argument("--split"),
                    help="serve each archive as volumes of SIZE bytes: NAME.001, NAME.002...")
     encryption_arguments(p, "serve")
+    p.add_argument("--index-member", action="store_true",
+                   help="end each archive with its index member, STEM.tarindex.csv (for tartape extract)")
+    p.add_argument("--ratarmount-index", action="store_true",
+                   help="serve ratarmount's index of each archive beside it: NAME.index.sqlite")
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
     p.add_argument("--direct-io", action="store_true",
@@ -296,7 +300,8 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
                         ("--split", args.split)):
         if value is not None:
             argv.append(f"{flag}={value}")
-    for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io)):
+    for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io),
+                     ("--index-member", args.index_member), ("--ratarmount-index", args.ratarmount_index)):
         if on:
             argv.append(flag)
     # The recipients as read here (files included): the daemon never reads the files again.

@@ -36,18 +36,32 @@ shard. Every shard is standalone:
 
 Volumes (``split``) are byte slices of one tape, computed when it is opened:
 they store nothing and are planned here only as arithmetic.
+
+Index member (``index_member``): each tape ends with one more member before
+its footer, ``STEM.tarindex.csv`` (``STEM-000042.tarindex.csv`` for a shard)
+under the prefix folder, listing the tape's other members with offsets on that
+tape (tarindex). Its rows are made as members are placed, so its size, and
+with it the tape's, is known when the tape closes; in a shard it counts
+against both limits. A source entry with that name is refused (the archive
+would hold two members of one name). Generated files (the CSV, and the
+members ratarmount's index lists) reach the recorder through a
+:class:`PlanSink`: the plan itself stays pure.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import format as fmt
+from . import tarindex
+from .errors import UsageError, show_path
 from .layout import Fingerprint, Member
+from .plansink import PlanSink, TapeExtras
 
 #: The digits of a shard's number in its name (``photos-000042.tar``).
 SHARD_DIGITS = 6
@@ -61,13 +75,18 @@ _WIDS_NAME = re.compile(rb"^((?:.*/)?.*?)(\..*)$")
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """How a recording is cut into tapes: ``shard_size`` (bytes per shard at most,
-    unless one sample alone is bigger) and ``shard_members`` (members per shard at
-    most, counting the folders a shard repeats, unless one sample alone has more).
-    Neither set: one whole tape."""
+    """How a recording is cut into tapes, and what comes with each: ``shard_size``
+    (bytes per shard at most, unless one sample alone is bigger) and ``shard_members``
+    (members per shard at most, counting the folders a shard repeats and its index
+    member, unless one sample alone has more); neither set: one whole tape.
+    ``index_member``: each tape ends with its CSV index member. ``ratarmount_index``:
+    ratarmount's index of each tape is made at record time and served beside it
+    (``NAME.index.sqlite``); it changes no byte of the tapes."""
 
     shard_size: int | None = None
     shard_members: int | None = None
+    index_member: bool = False
+    ratarmount_index: bool = False
 
     @property
     def sharded(self) -> bool:
@@ -75,13 +94,24 @@ class PlanOptions:
 
     def to_json(self) -> str:
         """The options as stored in an index (and compared when it is reused)."""
-        return json.dumps({"shard_size": self.shard_size, "shard_members": self.shard_members},
-                          sort_keys=True)
+        data = json.loads(self.bytes_json())
+        if self.ratarmount_index:
+            data["ratarmount_index"] = True
+        return json.dumps(data, sort_keys=True)
+
+    def bytes_json(self) -> str:
+        """The options that decide the tapes' bytes (in each shard's fingerprint). Keys
+        that are off are left out, so a plan without them fingerprints as before."""
+        data: dict = {"shard_size": self.shard_size, "shard_members": self.shard_members}
+        if self.index_member:
+            data["index_member"] = True
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> PlanOptions:
         data = json.loads(text) if text else {}
-        return cls(data.get("shard_size"), data.get("shard_members"))
+        return cls(data.get("shard_size"), data.get("shard_members"), bool(data.get("index_member")),
+                   bool(data.get("ratarmount_index")))
 
     def describe(self) -> str:
         parts = []
@@ -89,7 +119,12 @@ class PlanOptions:
             parts.append(f"shards of at most {self.shard_size} bytes")
         if self.shard_members:
             parts.append(f"shards of at most {self.shard_members} members")
-        return ", ".join(parts) or "one whole archive"
+        parts = parts or ["one whole archive"]
+        if self.index_member:
+            parts.append("an index member in each archive")
+        if self.ratarmount_index:
+            parts.append("ratarmount's index beside each archive")
+        return ", ".join(parts)
 
 
 class Recorded(NamedTuple):
@@ -107,8 +142,9 @@ class Recorded(NamedTuple):
 class PlannedTape:
     """One tape of a plan: its window ``[start, start + total_size)`` on the global
     line (bytes), member count, fingerprint (hex), mtime (s, the newest member's,
-    at least 0) and sample count as ``wids`` counts them (``nsamples``, 0 for a
-    whole tape)."""
+    at least 0), sample count as ``wids`` counts them (``nsamples``, 0 for a
+    whole tape) and where its index member starts on the global line
+    (``index_member``, None when it has none)."""
 
     number: int
     name: str
@@ -118,6 +154,7 @@ class PlannedTape:
     fingerprint: str
     mtime: int
     nsamples: int
+    index_member: int | None = None
 
 
 def sample_key(name: bytes) -> bytes:
@@ -184,10 +221,7 @@ class _Shard:
     mtime: int = 0
     folders: set[bytes] = field(default_factory=set)  # directory sources already in it
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
-
-    @classmethod
-    def new(cls, number: int, start: int, options: PlanOptions) -> _Shard:
-        return cls(number, start, fingerprint=Fingerprint(b"shard %d of %s\n" % (number, options.to_json().encode())))
+    extras: TapeExtras | None = None
 
 
 class Planner:
@@ -195,43 +229,86 @@ class Planner:
 
     ``place(members)`` takes :class:`Recorded` triples in walk order (offsets
     ignored) and yields the members placed, global
-    offsets set, a folder repeated where a shard needs it. ``tapes`` is
-    complete once that iterator is exhausted.
+    offsets set, a folder repeated where a shard needs it, each tape's index
+    member last. ``tapes`` is complete once that iterator is exhausted.
+    ``prefix``: what member names start with (the index member goes under it);
+    ``sink``: told what the generated files need (:class:`PlanSink`). Raises
+    UsageError for a member named like an index member when there is one.
     """
 
-    def __init__(self, stem: str, options: PlanOptions = PlanOptions()) -> None:
+    def __init__(self, stem: str, options: PlanOptions = PlanOptions(), prefix: bytes = b"",
+                 sink: PlanSink | None = None) -> None:
         self.stem = stem
         self.options = options
+        self.prefix = prefix
+        self.sink = sink or PlanSink()
         self.tapes: list[PlannedTape] = []
+        # A member at the top of the prefix folder named like an index member is refused.
+        top = re.escape(prefix + b"/" if prefix else b"")
+        number = rb"-\d{%d,}" % SHARD_DIGITS if options.sharded else b""
+        self._index_like = re.compile(top + re.escape(os.fsencode(stem)) + number
+                                      + re.escape(tarindex.SUFFIX) + b"/?")
 
     def place(self, members: Iterable[Recorded]) -> Iterator[Member]:
         if self.options.sharded:
             return self._shards(members)
         return self._whole(members)
 
+    def _extras(self, number: int) -> TapeExtras | None:
+        options = self.options
+        if not (options.index_member or options.ratarmount_index):
+            return None
+        source = name = None
+        if options.index_member:
+            source = tarindex.index_member_name(tape_name(self.stem, number if options.sharded else None))
+            name = self.prefix + b"/" + source if self.prefix else source
+        return TapeExtras(number, source, name, options.ratarmount_index, self.sink)
+
+    def _refuse(self, m: Member) -> None:
+        if b"/" not in m.source and self._index_like.fullmatch(m.header.name):
+            raise UsageError(f"{show_path(m.header.name)}: an entry of the source folder has the name "
+                             "of an index member; rename it, or record without --index-member")
+
     # -- one whole tape -------------------------------------------------------
 
     def _whole(self, members: Iterable[Recorded]) -> Iterator[Member]:
-        fingerprint = Fingerprint()
+        index_member = self.options.index_member
+        fingerprint = Fingerprint(b"index member\n" if index_member else b"")
+        extras = self._extras(0)
         offset = count = mtime = 0
         for m, _, _ in members:
             h = m.header
             fingerprint.add(h, m.header_size)
-            yield Member(h, offset, *m[2:])
+            placed = Member(h, offset, *m[2:])
+            if extras is not None:
+                if index_member:
+                    self._refuse(m)
+                extras.add(placed, offset)
+            yield placed
             offset += m.header_size + h.size + (-h.size % fmt.BLOCK)
             count += 1
             if h.mtime > mtime:
                 mtime = h.mtime
+        index = None
+        if index_member:
+            index = extras.index_member(offset, mtime)
+            fingerprint.add(index.header, index.header_size)
+            yield index
+            offset = index.end
+            count += 1
         total = offset + len(fmt.FOOTER)
-        self.tapes = [PlannedTape(0, tape_name(self.stem, None), 0, total, count,
-                                  fingerprint.hexdigest(total), mtime, 0)]
+        tape = PlannedTape(0, tape_name(self.stem, None), 0, total, count, fingerprint.hexdigest(total), mtime, 0,
+                           index.offset if index else None)
+        self.tapes = [tape]
+        if extras is not None:
+            extras.close(tape, index)
 
     # -- shards ---------------------------------------------------------------
 
     def _shards(self, members: Iterable[Recorded]) -> Iterator[Member]:
         self.tapes = []
         self._link_shard: dict[tuple[int, int], int] = {}  # (dev, ino) of a linked file -> its shard
-        self._shard = _Shard.new(0, 0, self.options)
+        self._shard = self._new_shard(0, 0)
         # The folders above the current position, outermost first. A folder is placed
         # with the first thing below it (so no shard ends with a folder whose content
         # is all in the next one), or alone when the walk leaves it empty-handed.
@@ -239,6 +316,9 @@ class Planner:
         placed: set[bytes] = set()  # sources of the folders on ``above`` placed somewhere
         for unit, linked, sizes in _units(members):
             first = unit[0]
+            if self.options.index_member:
+                for m in unit:
+                    self._refuse(m)
             parent = first.source.rpartition(b"/")[0]
             while above and not _contains(above[-1].source, parent):
                 yield from self._leave(above, placed)
@@ -249,7 +329,11 @@ class Planner:
             placed.update(d.source for d in above)
         while above:
             yield from self._leave(above, placed)
-        self._close(self._shard)
+        yield from self._close(self._shard)
+
+    def _new_shard(self, number: int, start: int) -> _Shard:
+        seed = b"shard %d of %s\n" % (number, self.options.bytes_json().encode())
+        return _Shard(number, start, fingerprint=Fingerprint(seed), extras=self._extras(number))
 
     def _leave(self, above: list[Member], placed: set[bytes]) -> Iterator[Member]:
         """The walk leaves the innermost folder: place it now if nothing below it did."""
@@ -264,36 +348,46 @@ class Planner:
              ) -> Iterator[Member]:
         """Place ``unit`` (with the folders above it that its shard lacks)."""
         shard = self._shard
-        members = self._fit(shard, above, unit, sizes)
-        if members is None:
-            self._close(shard)
-            shard = self._shard = _Shard.new(shard.number + 1, shard.start + shard.size + len(fmt.FOOTER), self.options)
-            members = self._fit(shard, above, unit, sizes, force=True)
-            assert members is not None
-        return self._emit(shard, members, linked)
+        fitted = self._fit(shard, above, unit, sizes)
+        if fitted is None:
+            yield from self._close(shard)
+            shard = self._shard = self._new_shard(shard.number + 1, shard.start + shard.size + len(fmt.FOOTER))
+            fitted = self._fit(shard, above, unit, sizes, force=True)
+            assert fitted is not None
+        yield from self._emit(shard, *fitted, linked)
 
     def _fit(self, shard: _Shard, above: list[Member], unit: list[Member], sizes: list[int],
-             force: bool = False) -> list[Member] | None:
+             force: bool = False) -> tuple[list[Member], list[bytes] | None] | None:
         """The members ``unit`` adds to ``shard`` (folders it lacks first, links to
-        earlier shards as files), or None when they do not fit and the shard holds
-        something already."""
+        earlier shards as files) and their CSV rows when made already, or None when
+        they do not fit and the shard holds something already."""
         placed = [d for d in above if d.source not in shard.folders]
         for m, size in zip(unit, sizes):
             if m.kind == fmt.HARDLINK and self._link_shard.get((m.dev, m.ino), shard.number) != shard.number:
                 m = _as_file(m, size)
             placed.append(m)
         if force or not shard.count:
-            return placed
+            return placed, None
         limit, members = self.options.shard_size, self.options.shard_members
-        if members and shard.count + len(placed) > members:
+        index = shard.extras if self.options.index_member else None
+        if members and shard.count + len(placed) + (index is not None) > members:
             return None
-        if limit and shard.size + sum(_size(m) for m in placed) + len(fmt.FOOTER) > limit:
-            return None
-        return placed
+        rows = None
+        if limit:
+            size = shard.size + sum(_size(m) for m in placed) + len(fmt.FOOTER)
+            if index is not None:
+                rows = index.rows_for(placed, shard.size)
+                newest = max(shard.mtime, max(m.header.mtime for m in placed))
+                size += index.index_size(sum(map(len, rows)), newest)
+            if size > limit:
+                return None
+        return placed, rows
 
-    def _emit(self, shard: _Shard, placed: list[Member], linked: list[bool]) -> Iterator[Member]:
+    def _emit(self, shard: _Shard, placed: list[Member], rows: list[bytes] | None, linked: list[bool]
+              ) -> Iterator[Member]:
         offset = shard.start + shard.size
         extra = len(placed) - len(linked)  # the folders repeated before the unit
+        extras = shard.extras
         for i, m in enumerate(placed):
             h = m.header
             if m.kind == fmt.DIR:
@@ -301,32 +395,52 @@ class Planner:
             elif m.kind == fmt.FILE:
                 if i >= extra and linked[i - extra]:
                     self._link_shard[(m.dev, m.ino)] = shard.number
-                key = wids_key(h.name)
-                if key is not None and key != shard.last_key:
-                    shard.samples += 1
-                    shard.last_key = key
+                self._count_sample(shard, h.name)
             shard.fingerprint.add(h, m.header_size)
-            yield Member(h, offset, *m[2:])
+            member = Member(h, offset, *m[2:])
+            if extras is not None:
+                extras.add(member, offset - shard.start, rows[i] if rows else None)
+            yield member
             offset += _size(m)
             if h.mtime > shard.mtime:
                 shard.mtime = h.mtime
         shard.size = offset - shard.start
         shard.count += len(placed)
 
-    def _close(self, shard: _Shard) -> None:
+    @staticmethod
+    def _count_sample(shard: _Shard, name: bytes) -> None:
+        key = wids_key(name)
+        if key is not None and key != shard.last_key:
+            shard.samples += 1
+            shard.last_key = key
+
+    def _close(self, shard: _Shard) -> Iterator[Member]:
+        index = None
+        if self.options.index_member:
+            index = shard.extras.index_member(shard.size, shard.mtime)
+            shard.fingerprint.add(index.header, index.header_size)
+            self._count_sample(shard, index.header.name)  # wids counts it as a sample too
+            yield index._replace(offset=shard.start + shard.size)
+            shard.size = index.end
+            shard.count += 1
         total = shard.size + len(fmt.FOOTER)
-        self.tapes.append(PlannedTape(
+        tape = PlannedTape(
             shard.number, tape_name(self.stem, shard.number), shard.start, total, shard.count,
-            shard.fingerprint.hexdigest(total), shard.mtime, shard.samples))
+            shard.fingerprint.hexdigest(total), shard.mtime, shard.samples,
+            shard.start + index.offset if index else None)
+        self.tapes.append(tape)
+        if shard.extras is not None:
+            shard.extras.close(tape, index)
 
 
 def plan(members: Iterable[Member], stem: str, options: PlanOptions = PlanOptions(),
-         sizes: dict[bytes, int] | None = None) -> tuple[list[Member], list[PlannedTape]]:
+         sizes: dict[bytes, int] | None = None, prefix: bytes = b"", sink: PlanSink | None = None
+         ) -> tuple[list[Member], list[PlannedTape]]:
     """The whole plan at once (for tests and small trees): placed members and tapes.
     Every file is taken as a possible hard-link target; ``sizes`` gives the file
     size of each hard link's source (0 if missing)."""
     sizes = sizes or {}
-    planner = Planner(stem, options)
+    planner = Planner(stem, options, prefix, sink)
     placed = list(planner.place(Recorded(m, 2, sizes.get(m.source, m.size)) for m in members))
     return placed, planner.tapes
 

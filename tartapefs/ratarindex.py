@@ -91,22 +91,37 @@ CREATE TABLE "versions" (
 def sidecar_rows(members: Iterable[Member]) -> Iterator[tuple]:
     """The ``files`` rows for ``members`` (every member of the archive, in order),
     then the generated rows of parent folders that are not members."""
-    parents: dict[tuple[str, str], tuple[int, int]] = {}
-    folders: set[tuple[str, str]] = set()
-    for m in members:
-        h = m.header
-        path, name = _split(h.name)
-        body = m.offset + m.header_size
-        if h.kind == fmt.DIR:
-            folders.add((path, name))
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            parents.setdefault(("/".join(parts[:i]), parts[i]), (m.offset, body))
-        yield (path, name, m.offset, body, h.size, float(mtime_text(m)), h.mode | _MODE_BITS[h.kind],
-               _TYPEFLAG[h.kind], h.linkname.decode("utf-8", "backslashreplace"), h.uid, h.gid, 0, 0, 0, 0)
-    for (path, name), (header, body) in sorted(parents.items()):
-        if (path, name) not in folders:
-            yield (path, name, header, body, 0, 0.0, 0o555 | stat.S_IFDIR, 5, "", 0, 0, 0, 0, 0, 0)
+    rows = _Rows()
+    yield from rows.members(members)
+    yield from rows.folders()
+
+
+class _Rows:
+    """``files`` rows as members come, remembering the folders above them: each parent
+    folder that is not a member itself gets a generated row at the end."""
+
+    def __init__(self) -> None:
+        self._parents: dict[tuple[str, str], tuple[int, int]] = {}
+        self._folders: set[tuple[str, str]] = set()
+
+    def members(self, members: Iterable[Member]) -> Iterator[tuple]:
+        parents, folders = self._parents, self._folders
+        for m in members:
+            h = m.header
+            path, name = _split(h.name)
+            body = m.offset + m.header_size
+            if h.kind == fmt.DIR:
+                folders.add((path, name))
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                parents.setdefault(("/".join(parts[:i]), parts[i]), (m.offset, body))
+            yield (path, name, m.offset, body, h.size, float(mtime_text(m)), h.mode | _MODE_BITS[h.kind],
+                   _TYPEFLAG[h.kind], h.linkname.decode("utf-8", "backslashreplace"), h.uid, h.gid, 0, 0, 0, 0)
+
+    def folders(self) -> Iterator[tuple]:
+        for (path, name), (header, body) in sorted(self._parents.items()):
+            if (path, name) not in self._folders:
+                yield (path, name, header, body, 0, 0.0, 0o555 | stat.S_IFDIR, 5, "", 0, 0, 0, 0, 0, 0)
 
 
 def write_ratarmount_index(path: str, members: Iterable[Member], archive_size: int, archive_mtime: float) -> int:
@@ -115,17 +130,46 @@ def write_ratarmount_index(path: str, members: Iterable[Member], archive_size: i
     ``members``: every member of the archive with its offsets; ``archive_size``
     in bytes and ``archive_mtime`` in seconds, as the archive file will show them.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".tartape-", suffix=".sqlite.part")  # O_EXCL
-    os.close(fd)
+    writer = RatarmountIndexWriter(path)
     try:
-        db = sqlite3.connect(temp, isolation_level=None)
+        writer.add(members)
+        return writer.finish(archive_size, archive_mtime)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class RatarmountIndexWriter:
+    """ratarmount's index of one archive, written as its members come: ``add(members)``
+    in archive order (as often as needed), then ``finish(archive_size, archive_mtime)``,
+    which renames it to ``path`` (made under a temporary name beside it, O_EXCL), or
+    ``abort()``. Holds no member list: only the folders seen so far."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self._temp = tempfile.mkstemp(dir=folder, prefix=".tartape-", suffix=".sqlite.part")  # O_EXCL
+        os.close(fd)
+        self._rows = _Rows()
         try:
-            db.execute("PRAGMA journal_mode = OFF")
-            db.execute("PRAGMA page_size = 4096")
-            db.execute("BEGIN")
-            _create(db)
-            db.executemany('INSERT INTO "files" VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', sidecar_rows(members))
+            self._db = sqlite3.connect(self._temp, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = OFF")
+            self._db.execute("PRAGMA page_size = 4096")
+            self._db.execute("BEGIN")
+            _create(self._db)
+        except BaseException:
+            self.abort()
+            raise
+
+    def add(self, members: Iterable[Member]) -> None:
+        self._db.executemany('INSERT INTO "files" VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', self._rows.members(members))
+
+    def finish(self, archive_size: int, archive_mtime: float) -> int:
+        """Complete the index (``archive_size`` bytes, ``archive_mtime`` seconds, as the
+        archive file will show them), make it durable and rename it into place; its size."""
+        db = self._db
+        try:
+            db.executemany('INSERT INTO "files" VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)', self._rows.folders())
             stats = json.dumps({"st_mtime": archive_mtime, "st_size": archive_size}, sort_keys=True)
             db.executemany('INSERT INTO "metadata" VALUES (?, ?)', [
                 ("tarstats", stats), ("arguments", json.dumps(_ARGUMENTS)),
@@ -136,19 +180,26 @@ def write_ratarmount_index(path: str, members: Iterable[Member], archive_size: i
                 ("tartapefs", __version__, *(_version_parts(__version__)))])
             db.execute("COMMIT")
             db.execute("VACUUM")
-        finally:
             db.close()
-        with open(temp, "rb+") as f:
-            os.fchmod(f.fileno(), 0o644)  # an index for anyone who may read the archive
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
+            with open(self._temp, "rb+") as f:
+                os.fchmod(f.fileno(), 0o644)  # an index for anyone who may read the archive
+                os.fsync(f.fileno())
+            os.replace(self._temp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return os.stat(self.path).st_size
+
+    def abort(self) -> None:
+        """Drop the unfinished index."""
         try:
-            os.unlink(temp)
+            self._db.close()
+        except (AttributeError, sqlite3.Error):
+            pass
+        try:
+            os.unlink(self._temp)
         except FileNotFoundError:
             pass
-        raise
-    return os.stat(path).st_size
 
 
 def _create(db: sqlite3.Connection) -> None:

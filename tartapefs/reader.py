@@ -23,7 +23,11 @@ source files, padding and footer are zeros. Theory of operation:
   one descriptor each while their request runs.
 
 Directory, symlink and hard-link members have no body: their bytes come from
-the index alone.
+the index alone. A tape's generated index member (the last member before its
+footer) has no source file: its body was stored in the index at record time
+and checked when the recording was opened. It and the footer are the tape's
+*tail*, served apart from the member loop, so that loop never asks which
+kind of body a member has.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from . import format as fmt
 from . import native
 from .errors import (IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, SourceUnreadableError,
                      UsageError, show_path)
+from .index import INDEX_MEMBER
 from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
@@ -63,6 +68,10 @@ class TapeReader:
         self.tape = tape
         self.total_size: int = tape.total_size
         self._footer = tape.total_size - len(fmt.FOOTER)
+        # Where the tail starts: the generated index member, else the footer.
+        index_offset = getattr(tape, "index_offset", None)
+        self._tail = self._footer if index_offset is None else index_offset
+        self._generated: Member | None = None
         self._encode_header = header_encoder()
         self._index = tape.index  # the tape's own: the recording it opened
         root = source_root or tape.source_root
@@ -105,8 +114,8 @@ class TapeReader:
         try:
             # The hot loop of every read: one step per member, no call it can do without.
             while pos < end:
-                if pos >= self._footer:
-                    parts.append(bytes(end - pos))
+                if pos >= self._tail:
+                    self._read_tail(pos, end, parts, served)
                     break
                 m = self._next_member(pos)
                 served.append(m)
@@ -142,6 +151,32 @@ class TapeReader:
         if len(data) != max(end - offset, 0):  # what every caller relies on, checked once per read
             raise self._damaged(f"{len(data)} bytes made for the {end - offset} at offset {offset}")
         return data
+
+    def _read_tail(self, pos: int, end: int, parts: list[bytes], served: list[Member]) -> None:
+        """Bytes ``[pos, end)`` of the tail: the generated index member, then the footer."""
+        if pos < self._footer:
+            m = self._index_member()
+            served.append(m)
+            body_offset, body_end = m.offset + m.header_size, m.offset + m.header_size + m.header.size
+            stop = min(end, m.end)
+            if pos < body_offset:
+                parts.append(self._header_bytes(m)[pos - m.offset : min(stop, body_offset) - m.offset])
+                pos = min(stop, body_offset)
+            if pos < stop and pos < body_end:
+                n = min(stop, body_end) - pos
+                parts.append(self._index.read_generated(self.tape.generated_file(INDEX_MEMBER), pos - body_offset, n))
+                pos += n
+        if pos < end:
+            parts.append(bytes(end - pos))  # padding and footer
+
+    def _index_member(self) -> Member:
+        m = self._generated
+        if m is None:
+            found = self._index.members_from(self._tail, 1)
+            if not found or not found[0].generated or found[0].offset != self._tail or found[0].end != self._footer:
+                raise self._damaged(f"no index member at offset {self._tail}, where the tape says")
+            m = self._generated = found[0]
+        return m
 
     def _whole_member(self, m: Member, folders: _Folders, parts: list[bytes]) -> None:
         size = m.header.size
@@ -236,8 +271,11 @@ class TapeReader:
         (:class:`SourceChangedError`, :class:`SourceUnreadableError`), or None.
 
         Checks every kind; only a regular file's reads fail on it: directory,
-        symlink and hard-link members are served from the index alone.
+        symlink and hard-link members are served from the index alone. A generated
+        member (an index member) has no source: its body was checked with the index.
         """
+        if m.generated:
+            return None
         try:
             if m.kind == fmt.FILE:
                 os.close(self._checked_fd(m))

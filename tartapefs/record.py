@@ -8,18 +8,24 @@ is not writable, ``$XDG_STATE_HOME/tartapefs/<hash of SRC>/index.db``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 from . import __version__
 from . import format as fmt
 from .age import Recipient, RecipientError, unique
 from .encrypt import EncryptionState, require_crypto
-from .errors import UsageError, show_path
-from .index import IndexWriter
+from .errors import TartapeError, UsageError, show_path
+from .index import INDEX_MEMBER, RATARMOUNT_INDEX, GeneratedWriter, IndexWriter
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order
+from .plansink import PlanSink
 from .scan import Entry, Excluder, walk
 
 INDEX_DIR = ".tartape"
@@ -34,12 +40,14 @@ class TapeRecorder:
     and no owner names (default) or the real owners. ``prefix``: what member
     names start with — None for the folder's own name, ``""`` for nothing.
     ``progress(count)`` is called as the scan goes. ``plan``: how the recording
-    is cut into tapes (:class:`~tartapefs.plan.PlanOptions`; default one whole
-    tape). ``recipients``: age recipients (:class:`~tartapefs.Recipient`) to serve every tape
-    encrypted to; each tape then gets its own :class:`~tartapefs.EncryptionState`, made at
-    :meth:`commit` with fresh randomness (:class:`~tartapefs.RecipientError` for an empty list,
+    is cut into tapes and what comes with each (:class:`~tartapefs.plan.PlanOptions`;
+    default one whole tape, no index member, no ratarmount index). ``recipients``: age
+    recipients (:class:`~tartapefs.Recipient`) to serve every tape encrypted to; each tape
+    then gets its own :class:`~tartapefs.EncryptionState`, made at :meth:`commit` with fresh
+    randomness (:class:`~tartapefs.RecipientError` for an empty list,
     :class:`~tartapefs.AgeUnavailableError` without the ``[age]`` extra, both before anything
-    is written).
+    is written). UsageError (one line) for ratarmount's index with encryption, and, at
+    :meth:`commit`, for a source entry named like an index member when the tapes get one.
     """
 
     def __init__(
@@ -58,6 +66,9 @@ class TapeRecorder:
             recipients = unique(recipients)
             if not recipients:
                 raise RecipientError("encryption needs at least one recipient")
+            if plan.ratarmount_index:
+                raise UsageError("--ratarmount-index: not with --encrypt-to (ratarmount's index, served "
+                                 "beside the .age file, would show in plain what it holds)")
             require_crypto()
         self.recipients = recipients
         self.src = _source_dir(src)
@@ -80,7 +91,6 @@ class TapeRecorder:
             _make_index_dir(index_path)
         order = sample_order if self.plan.sharded else None
         entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress, order)
-        planner = Planner(os.path.basename(self.src) or "root", self.plan)
 
         def recorded() -> Iterator[Recorded]:
             for entry in entries:
@@ -88,8 +98,12 @@ class TapeRecorder:
                     continue  # with no prefix the root folder is not a member
                 yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
 
-        with IndexWriter(index_path) as writer:
-            writer.add_members(planner.place(recorded()), self.keep_owner)
+        with IndexWriter(index_path) as writer, _GeneratedFiles(writer, self.plan) as generated:
+            planner = Planner(os.path.basename(self.src) or "root", self.plan, self.prefix, generated)
+            placed = planner.place(recorded())
+            # In batches: between two, the generated files of a tape just planned are written.
+            while batch := list(itertools.islice(placed, _BATCH)):
+                writer.add_members(batch, self.keep_owner)
             writer.add_tapes(planner.tapes)
             if self.recipients:
                 # One state per tape: shards are different plaintexts, and one key and nonce
@@ -135,6 +149,84 @@ class TapeRecorder:
         )
         return Member(header, 0, fmt.header_size(header), entry.source, st.st_ino, st.st_dev, st.st_mtime_ns,
                       st.st_ctime_ns)
+
+
+_BATCH = 8192  # members per insert
+
+
+class _GeneratedFiles(PlanSink):
+    """Writes each tape's generated files into the index being built, as the plan
+    goes: the index member's CSV straight into its parts, ratarmount's index
+    through an SQLite file of its own in a private temporary folder (``mkdtemp``:
+    0700, in the system's temporary folder, never in SRC), copied in when its
+    tape is complete and removed."""
+
+    def __init__(self, writer: IndexWriter, options: PlanOptions) -> None:
+        self._writer = writer
+        self._options = options
+        self._tape = -1
+        self._csv: GeneratedWriter | None = None
+        self._ratar = None
+        self._folder: str | None = None
+
+    def __enter__(self) -> _GeneratedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ratar is not None:
+            self._ratar.abort()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _begin(self, tape: int) -> None:
+        if tape == self._tape:
+            return
+        self._tape = tape
+        if self._options.index_member:
+            self._csv = self._writer.generated(tape, INDEX_MEMBER)
+        if self._options.ratarmount_index:
+            from .ratarindex import RatarmountIndexWriter
+
+            with self._ratarmount():
+                if self._folder is None:
+                    self._folder = tempfile.mkdtemp(prefix="tartapefs-")
+                self._ratar = RatarmountIndexWriter(os.path.join(self._folder, "index.sqlite"))
+
+    def placed(self, tape: int, members: list[Member], csv: bytes) -> None:
+        self._begin(tape)
+        if csv:
+            self._csv.write(csv)
+        if members:
+            with self._ratarmount():
+                self._ratar.add(members)
+
+    def closed(self, tape: PlannedTape) -> None:
+        self._begin(tape.number)
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        if self._ratar is not None:
+            path = self._ratar.path
+            with self._ratarmount():
+                self._ratar.finish(tape.total_size, tape.mtime)
+                self._ratar = None
+                out = self._writer.generated(tape.number, RATARMOUNT_INDEX)
+                with open(path, "rb") as f:
+                    while data := f.read(1 << 20):
+                        out.write(data)
+                out.close()
+                os.unlink(path)
+        self._tape = -1
+
+    @contextlib.contextmanager
+    def _ratarmount(self) -> Iterator[None]:
+        """OSError and SQLite errors of ratarmount's index as one line."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            raise TartapeError(f"{self._folder or tempfile.gettempdir()}: cannot write ratarmount's index "
+                               f"({reason}); the previous index is unchanged") from None
 
 
 def default_index_path(src: str) -> str:

@@ -1,5 +1,6 @@
--- tartapefs index, format version 5 (2: ctime_ns; 3: mtimes in two columns, CRC-32;
--- 4: several tapes, the tapes table; 5: the encryption table).
+-- tartapefs index, format version 6 (2: ctime_ns; 3: mtimes in two columns, CRC-32;
+-- 4: several tapes, the tapes table; 5: the encryption table; 6: generated files,
+-- index members).
 --
 -- One file per recording (one walk of one source folder) and the tapes planned
 -- from it. It is built in a temporary file next to its final
@@ -11,9 +12,9 @@
 
 -- Recording metadata, one row per key: format, format_version, bytes_version,
 -- member_count (rows of members), tape_count, source_root, prefix, keep_owner,
--- exclude (JSON list), plan (JSON: the options the tapes were planned with),
--- encrypt_to (only when served encrypted: the age recipients, one per line),
--- created_by.
+-- exclude (JSON list), plan (JSON: the options the tapes were planned with:
+-- shards, index member, ratarmount index), encrypt_to (only when served
+-- encrypted: the age recipients, one per line), created_by.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
@@ -30,7 +31,9 @@ CREATE TABLE tapes (
     member_count INTEGER NOT NULL,
     fingerprint  TEXT    NOT NULL,     -- hex SHA-256 of everything that decides its bytes
     mtime        INTEGER NOT NULL,     -- seconds: its newest member's mtime, at least 0
-    nsamples     INTEGER NOT NULL      -- samples as wids counts them (0 for a whole tape)
+    nsamples     INTEGER NOT NULL,     -- samples as wids counts them (0 for a whole tape)
+    index_member INTEGER               -- global offset of its index member (the last member
+                                       -- before its footer, kind 100), NULL when it has none
 );
 
 -- One row per archive member of every tape, in tape order (a folder that
@@ -43,7 +46,10 @@ CREATE TABLE tapes (
 CREATE TABLE members (
     offset      INTEGER PRIMARY KEY,
     header_size INTEGER NOT NULL,  -- bytes of ustar (+ PAX) header before the body
-    kind        INTEGER NOT NULL,  -- tar typeflag digit: 0 file, 1 hard link, 2 symlink, 5 directory
+    kind        INTEGER NOT NULL,  -- tar typeflag digit: 0 file, 1 hard link, 2 symlink, 5 directory;
+                                   -- 100: a regular file tartapefs made (an index member): its
+                                   -- body is in the generated table, source is its name under
+                                   -- the prefix, ino and dev are 0
     source      BLOB    NOT NULL,  -- path relative to the source root, raw bytes; '' = the root
     size        INTEGER NOT NULL,  -- body bytes (0 unless a regular file)
     mode        INTEGER NOT NULL,  -- permission bits (st_mode & 0o7777)
@@ -73,4 +79,19 @@ CREATE TABLE encryption (
     file_key      TEXT NOT NULL,        -- hex, 16 bytes
     payload_nonce TEXT NOT NULL,        -- hex, 16 bytes
     header        TEXT NOT NULL         -- the whole age header, up to and including the MAC line
+);
+
+-- Files tartapefs made at record time, which no source file holds: the body of a
+-- tape's index member (role 'index_member') and ratarmount's index of a tape (role
+-- 'ratarmount_index', served as NAME.index.sqlite). Each file is cut in parts of
+-- 1 MiB (the last one shorter, or empty for an empty file), so byte X of a file is
+-- in its part X / 1 MiB; a part is read in place (blobopen), never a whole file.
+-- The CRC-32 of the index covers them too.
+CREATE TABLE generated (
+    id    INTEGER PRIMARY KEY,
+    tape  INTEGER NOT NULL,        -- tapes.number
+    role  TEXT    NOT NULL,        -- 'index_member' or 'ratarmount_index'
+    part  INTEGER NOT NULL,        -- 0, 1, ... in order
+    data  BLOB    NOT NULL,
+    UNIQUE (tape, role, part)
 );

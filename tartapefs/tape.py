@@ -26,9 +26,10 @@ from .age import Recipient
 from .encrypt import EncryptedTape, EncryptionState, recorded_states
 from .errors import (IndexError_, IndexMissingError, IndexSourceMismatchError, MemberNotFoundError, UsageError,
                      show_path, unshow_path)
-from .index import Index, TapeRows
+from .index import RATARMOUNT_INDEX, GeneratedFile, Index, TapeRows
 from .layout import Member, locate
 from .plan import PlannedTape, PlanOptions, volume_name, volume_ranges, wids_index
+from .ratarindex import SUFFIX as RATARMOUNT_SUFFIX
 from .record import TapeRecorder, _source_dir, index_candidates, recording_fingerprint
 
 
@@ -55,6 +56,7 @@ class Recording:
         self.plan: PlanOptions = PlanOptions.from_json(meta.get("plan"))
         self.member_count: int = meta["member_count"]
         planned = index.tapes()
+        self._generated = index.generated(planned)
         self.fingerprint: str = recording_fingerprint(planned)
         try:
             self.recipients, states = recorded_states(index.encryption(), meta.get("encrypt_to"), len(planned),
@@ -150,8 +152,9 @@ class Tape:
     ``member_count``, ``fingerprint`` (hex SHA-256 of everything that decides
     its bytes), ``mtime`` (seconds: the newest member's, at least 0 — never the
     clock), ``nsamples`` (as wids counts them), ``encryption`` (its
-    :class:`~tartapefs.EncryptionState`, None when served in plain), and the
-    recording's ``source_root``, ``index_path``, ``prefix``, ``keep_owner``, ``exclude``.
+    :class:`~tartapefs.EncryptionState`, None when served in plain), ``index_offset``
+    (where its index member starts, None without one), and the recording's
+    ``source_root``, ``index_path``, ``prefix``, ``keep_owner``, ``exclude``.
     Its reader gives the plain tar; :meth:`encrypted` the age file of it.
     """
 
@@ -167,6 +170,7 @@ class Tape:
         self.mtime = planned.mtime
         self.nsamples = planned.nsamples
         self.encryption = encryption
+        self.index_offset = None if planned.index_member is None else planned.index_member - planned.start
         self.index_path = recording.index_path
         self.source_root = recording.source_root
         self.prefix = recording.prefix
@@ -196,6 +200,11 @@ class Tape:
         other.name = name
         other._owner = False
         return other
+
+    def generated_file(self, role: str) -> GeneratedFile | None:
+        """The file of ``role`` made for this tape at record time (index.INDEX_MEMBER: its
+        index member's body; index.RATARMOUNT_INDEX: ratarmount's index of it), or None."""
+        return self.recording._generated.get((self.number, role))
 
     @property
     def index(self) -> TapeRows:
@@ -271,6 +280,45 @@ class Volume:
         return Slice(self.tape.reader(source_root), self.start, self.total_size)
 
 
+class GeneratedSidecar:
+    """A file made at record time and kept in the index, served beside its tape
+    (``NAME.index.sqlite``, ratarmount's index of ``NAME``): read in place from the
+    recording's connection, never held whole. Its mtime is the tape's."""
+
+    def __init__(self, name: str, tape: Tape, file: GeneratedFile) -> None:
+        self.name = name
+        self.tape = tape
+        self._file = file
+        self.total_size = file.size
+        self.mtime = tape.mtime
+
+    def reader(self, source_root: str | None = None) -> GeneratedReader:
+        return GeneratedReader(self.tape.index, self._file)
+
+
+class GeneratedReader:
+    """A byte source over a generated file of the index (see :class:`GeneratedSidecar`)."""
+
+    def __init__(self, rows: TapeRows, file: GeneratedFile) -> None:
+        self._rows = rows
+        self._file = file
+        self.total_size = file.size
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise UsageError(f"read: negative offset or size ({offset}, {size})")
+        return self._rows.read_generated(self._file, offset, size)
+
+    def close(self) -> None:
+        pass  # the recording's connection: it closes it
+
+    def __enter__(self) -> GeneratedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def volumes(tape: Tape | EncryptedTape, split: int) -> list[Volume]:
     """``tape`` cut every ``split`` bytes, named as ratarmount joins them."""
     ranges = volume_ranges(tape.total_size, split)
@@ -294,16 +342,19 @@ class Sidecar:
 
 
 def archives(recordings: list[Recording], name: str | None = None, split: int | None = None
-             ) -> list[Tape | EncryptedTape | Volume | Sidecar]:
+             ) -> list[Tape | EncryptedTape | Volume | Sidecar | GeneratedSidecar]:
     """What a mount shows and ``tartape stream -o DIR/`` writes for ``recordings``, named.
 
     One recording with one tape: ``name`` (default ``dataset.tar``). Several
     recordings: each whole tape named after its folder (``photos.tar``). Shards:
-    ``photos-000000.tar``... and ``photos.wids.json``. An encrypted recording:
-    each archive as its age file, ``.age`` added to its name (``dataset.tar.age``),
-    and no file beside them that would show in plain what the archives hold (no
-    shard list). ``split``: each archive (encrypted: its age file) as volumes
-    ``NAME.001``... instead (no shard list: wids reads whole shards).
+    ``photos-000000.tar``... and ``photos.wids.json``. Recorded with ratarmount's
+    index: ``NAME.index.sqlite`` beside each archive ``NAME``. An encrypted
+    recording: each archive as its age file, ``.age`` added to its name
+    (``dataset.tar.age``), and no file beside them that would show in plain what
+    the archives hold (no shard list; a ratarmount index is refused at record
+    time). ``split``: each archive (encrypted: its age file) as volumes
+    ``NAME.001``... instead (no shard list: wids reads whole shards; no
+    ratarmount index: ratarmount joins the volumes and indexes them itself).
     UsageError for ``name`` with shards or several recordings, and for two
     files of one name.
     """
@@ -311,14 +362,17 @@ def archives(recordings: list[Recording], name: str | None = None, split: int | 
     if name is not None and (len(recordings) > 1 or sharded):
         raise UsageError("--name: names only the archive of one folder; shards and several folders "
                          "are named after their folders")
-    out: list[Tape | Volume | Sidecar] = []
+    out: list[Tape | Volume | Sidecar | GeneratedSidecar] = []
     for r in recordings:
         tapes = r.tapes()
         if not r.plan.sharded:
             tapes = [tapes[0].renamed(name or "dataset.tar") if len(recordings) == 1 else tapes[0]]
         served = [tape.encrypted() if r.encrypted else tape for tape in tapes]
-        for item in served:
+        for tape, item in zip(tapes, served):
             out.extend(volumes(item, split) if split else [item])
+            sidecar = tape.generated_file(RATARMOUNT_INDEX)
+            if sidecar is not None and not split and not r.encrypted:
+                out.append(GeneratedSidecar(tape.name + RATARMOUNT_SUFFIX, tape, sidecar))
         if r.plan.sharded and not split and not r.encrypted:
             shards = [(t.name, t.nsamples, t.total_size) for t in tapes]
             out.append(Sidecar(f"{r.stem}.wids.json", wids_index(shards), max(t.mtime for t in tapes)))

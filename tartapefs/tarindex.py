@@ -86,13 +86,16 @@ def mtime_text(m: Member) -> bytes:
     return b"%d" % h.mtime
 
 
-def index_row(m: Member) -> bytes:
-    """The CSV row of one member, CRLF included."""
+def index_row(m: Member, offset: int | None = None) -> bytes:
+    """The CSV row of one member, CRLF included; ``offset``: where it starts on its tape
+    when that is not ``m.offset`` (a shard's members are placed on the global line)."""
     name = m.header.name
     if _NEEDS_QUOTES.search(name):
         name = b'"' + name.replace(b'"', b'""') + b'"'
-    body = m.offset + m.header_size
-    return b"%s,%d,%d,%d,%s,%s\r\n" % (name, m.header.size, m.offset, body, m.header.kind.encode(), mtime_text(m))
+    if offset is None:
+        offset = m.offset
+    return b"%s,%d,%d,%d,%s,%s\r\n" % (name, m.header.size, offset, offset + m.header_size,
+                                        m.header.kind.encode(), mtime_text(m))
 
 
 def index_csv(members: Iterable[Member]) -> bytes:
@@ -116,9 +119,21 @@ def index_member(members: list[Member], name: bytes, end: int | None = None) -> 
     if end is None:
         end = members[-1].end if members else 0
     newest = max((m.header.mtime for m in members), default=0)
-    header = fmt.Header(name=name, kind=fmt.FILE, size=len(content), mode=INDEX_MODE,
-                        mtime_ns=max(newest, 0) * 1_000_000_000)
-    return Member(header, end, fmt.header_size(header)), content
+    return index_member_at(name, len(content), end, newest), content
+
+
+def index_header(name: bytes, size: int, newest: int) -> fmt.Header:
+    """The index member's header: ``size`` bytes of CSV, the mtime of the newest member it
+    lists (``newest``, whole seconds; never the clock), at least 0."""
+    return fmt.Header(name=name, kind=fmt.FILE, size=size, mode=INDEX_MODE,
+                      mtime_ns=max(newest, 0) * 1_000_000_000)
+
+
+def index_member_at(name: bytes, size: int, offset: int, newest: int, source: bytes = b"") -> Member:
+    """The index member of ``size`` CSV bytes at ``offset``: a generated member (its body
+    comes from the index, not from a source file); ``source``: its name under the prefix."""
+    header = index_header(name, size, newest)
+    return Member(header, offset, fmt.header_size(header), source, mtime_ns=header.mtime_ns, generated=True)
 
 
 # -- reading it back ---------------------------------------------------------------------
