@@ -2,47 +2,65 @@
 
 The archive's bytes are a pure function of a recorded index plus the unchanged
 source files, so its size and every offset are known before a byte is read.
+
+The public names below are imported when first used (PEP 562), so a command
+that needs few modules (``tartape extract``) starts without loading the rest.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .age import Recipient as Recipient  # noqa: E402
-from .age import RecipientError as RecipientError  # noqa: E402
-from .encrypt import AgeUnavailableError as AgeUnavailableError  # noqa: E402
-from .encrypt import EncryptedReader as EncryptedReader  # noqa: E402
-from .encrypt import EncryptionState as EncryptionState  # noqa: E402
-from .encrypt import ShortReadError as ShortReadError  # noqa: E402
-from .encrypt import load_recipients as load_recipients  # noqa: E402
-from .bytesource import ByteSource as ByteSource  # noqa: E402
-from .errors import ArchiveError as ArchiveError  # noqa: E402
-from .errors import IndexCorruptError as IndexCorruptError  # noqa: E402
-from .errors import IndexMissingError as IndexMissingError  # noqa: E402
-from .errors import IndexSourceMismatchError as IndexSourceMismatchError  # noqa: E402
-from .errors import IndexVersionError as IndexVersionError  # noqa: E402
-from .errors import MemberNotFoundError as MemberNotFoundError  # noqa: E402
-from .errors import SourceBusyError as SourceBusyError  # noqa: E402
-from .errors import SourceChangedError as SourceChangedError  # noqa: E402
-from .errors import SourceError as SourceError  # noqa: E402
-from .errors import SourceUnreadableError as SourceUnreadableError  # noqa: E402
-from .errors import StreamSizeError as StreamSizeError  # noqa: E402
-from .errors import TartapeError as TartapeError  # noqa: E402
-from .errors import UsageError as UsageError  # noqa: E402
-from .memtape import MemoryTape as MemoryTape  # noqa: E402
-from .plan import PlanOptions as PlanOptions  # noqa: E402
-from .ratarindex import write_ratarmount_index as write_ratarmount_index  # noqa: E402
-from .reader import TapeReader as TapeReader  # noqa: E402
-from .record import TapeRecorder as TapeRecorder  # noqa: E402
-from .stream import TapePlayer as TapePlayer  # noqa: E402
-from .tape import EncryptedTape as EncryptedTape  # noqa: E402
-from .tape import Recording as Recording  # noqa: E402
-from .tape import Tape as Tape  # noqa: E402
-from .tape import Volume as Volume  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "Recipient": "age", "RecipientError": "age",
+    "AgeUnavailableError": "encrypt", "EncryptedReader": "encrypt", "EncryptionState": "encrypt",
+    "ShortReadError": "encrypt", "load_recipients": "encrypt",
+    "ByteSource": "bytesource",
+    "ArchiveError": "errors", "IndexCorruptError": "errors", "IndexMissingError": "errors",
+    "IndexSourceMismatchError": "errors", "IndexVersionError": "errors", "MemberNotFoundError": "errors",
+    "SourceBusyError": "errors", "SourceChangedError": "errors", "SourceError": "errors",
+    "SourceUnreadableError": "errors", "StreamSizeError": "errors", "TartapeError": "errors",
+    "UsageError": "errors",
+    "MemoryTape": "memtape",
+    "PlanOptions": "plan",
+    "write_ratarmount_index": "ratarindex",
+    "TapeReader": "reader",
+    "TapeRecorder": "record",
+    "TapePlayer": "stream",
+    "EncryptedTape": "tape", "Recording": "tape", "Tape": "tape", "Volume": "tape",
+}
 
-__all__ = [
-    "AgeUnavailableError", "ArchiveError", "ByteSource", "EncryptedReader", "EncryptedTape", "EncryptionState",
-    "IndexCorruptError", "IndexMissingError", "IndexSourceMismatchError", "IndexVersionError", "MemberNotFoundError",
-    "MemoryTape", "PlanOptions", "Recipient", "RecipientError", "Recording", "ShortReadError", "SourceBusyError",
-    "SourceChangedError", "SourceError", "SourceUnreadableError", "StreamSizeError", "Tape", "TapePlayer",
-    "TapeReader", "TapeRecorder", "TartapeError", "UsageError", "Volume", "__version__", "load_recipients",
-    "write_ratarmount_index",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .age import Recipient, RecipientError
+    from .encrypt import AgeUnavailableError, EncryptedReader, EncryptionState, ShortReadError, load_recipients
+    from .bytesource import ByteSource
+    from .errors import (ArchiveError, IndexCorruptError, IndexMissingError, IndexSourceMismatchError,
+                         IndexVersionError, MemberNotFoundError, SourceBusyError, SourceChangedError, SourceError,
+                         SourceUnreadableError, StreamSizeError, TartapeError, UsageError)
+    from .memtape import MemoryTape
+    from .plan import PlanOptions
+    from .ratarindex import write_ratarmount_index
+    from .reader import TapeReader
+    from .record import TapeRecorder
+    from .stream import TapePlayer
+    from .tape import EncryptedTape, Recording, Tape, Volume

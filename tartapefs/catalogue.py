@@ -15,9 +15,10 @@ import os
 import re
 import tarfile
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from . import format as fmt
-from . import ratarindex, tarindex
+from . import tarindex
 from .errors import ArchiveError, show_path
 from .ranges import CHUNK
 from .tarindex import IndexRow
@@ -29,19 +30,23 @@ KINDS = {tarfile.DIRTYPE: fmt.DIR, tarfile.SYMTYPE: fmt.SYMLINK, tarfile.LNKTYPE
 
 
 class CsvCatalogue:
-    """Members from the archive's index member."""
+    """Members from the archive's index member: its content is ``buffer[start:end]``,
+    searched in place (a 1M-member index is about 58 MB: never copied, never parsed
+    whole to find one name)."""
 
     how = "its index member"
 
-    def __init__(self, content: bytes, header_offset: int) -> None:
-        self.content = content
-        self.limit = header_offset  # every member it lists lies before it
+    def __init__(self, found: FoundIndex) -> None:
+        self._found = found
+        self.limit = found.header_offset  # every member it lists lies before it
 
     def lookup(self, name: bytes) -> list[IndexRow]:
-        return tarindex.find_rows(self.content, name)
+        f = self._found
+        return tarindex.find_rows(f.buffer, name, f.start, f.end)
 
     def rows(self) -> Iterator[IndexRow]:
-        return tarindex.parse_rows(self.content)
+        f = self._found
+        return tarindex.parse_rows(f.buffer, f.start, f.end)
 
     def close(self) -> None:
         pass
@@ -83,7 +88,9 @@ def open_catalogue(source):
     """The best way to find the members of ``source``: index member, sidecar, or a scan."""
     found = find_index_member(source)
     if found is not None:
-        return CsvCatalogue(found[1], found[0])
+        return CsvCatalogue(found)
+    from . import ratarindex  # SQLite only when there is no index member
+
     sidecar = source.sibling(ratarindex.SUFFIX)
     if sidecar is not None:
         try:
@@ -95,11 +102,27 @@ def open_catalogue(source):
     return ScanCatalogue(source)
 
 
-def find_index_member(source) -> tuple[int, bytes] | None:
-    """``(header offset, content)`` of the index member ending ``source``, or None.
+class FoundIndex(NamedTuple):
+    """The index member ending an archive: where its header starts in the archive (its
+    PAX header's, when it has one and the CSV's last row said where it starts), and its
+    content as ``buffer[start:end]``."""
 
-    Reads the tail, then further back in growing steps until the index
-    member's header shows up (its whole content is needed anyway).
+    header_offset: int
+    buffer: bytes | bytearray
+    start: int
+    end: int
+
+    @property
+    def content(self) -> bytes:
+        return bytes(self.buffer[self.start : self.end])
+
+
+def find_index_member(source) -> FoundIndex | None:
+    """The index member ending ``source``, or None.
+
+    Reads the tail; the CSV's last row says where the index member starts, and
+    one more read brings it whole, as one buffer. Failing that guess, reads
+    further back in growing steps until its header shows up.
     """
     tail = source.read_tail(_TAIL)
     size = source.size
@@ -112,9 +135,11 @@ def find_index_member(source) -> tuple[int, bytes] | None:
     tail = tail[: end - start]
     guess = tarindex.guess_index_header(tail)
     if guess is not None and 0 <= guess < start and guess % fmt.BLOCK == 0 and end - guess <= _MAX_INDEX:
-        # The CSV's last row says where its header is: one read brings the whole index.
-        tail = source.read(guess, start - guess) + tail
-        start = guess
+        data = source.read(guess, end - guess)  # one allocation, one request: never joined or copied
+        found = _found_at(data, guess, end)
+        if found is not None:
+            return found
+        tail, start = data, guess  # a wrong guess: search back as without one
     while True:
         found = tarindex.find_index_header(tail, start, end)
         if found == tarindex.NOT_FOUND:
@@ -129,10 +154,30 @@ def find_index_member(source) -> tuple[int, bytes] | None:
     where = tarindex.check_index_header(tail[found - start : found - start + fmt.BLOCK], found, end)
     if where is None:
         return None
-    content = tail[where.body_offset - start : where.body_offset - start + where.size]
-    if not content.startswith(tarindex.HEADER_ROW):
+    body = where.body_offset - start
+    if not tail.startswith(tarindex.HEADER_ROW, body):
         return None
-    return where.header_offset, content
+    return FoundIndex(where.header_offset, tail, body, body + where.size)
+
+
+def _found_at(data: bytes, offset: int, end: int) -> FoundIndex | None:
+    """The index member when it starts at ``offset`` (``data``: the archive from there to
+    ``end``): its body is the first block after its header(s) (a PAX header first, for a
+    long name) that starts with the CSV's header row, and the block before it is a
+    regular file's ustar header whose body ends at ``end``. Looked for in the first
+    64 KiB only: no scan of the CSV."""
+    limit = min(len(data), _TAIL)
+    pos = fmt.BLOCK
+    while 0 < pos < limit:
+        pos = data.find(tarindex.HEADER_ROW, pos, limit + len(tarindex.HEADER_ROW))
+        if pos < 0:
+            return None
+        if pos % fmt.BLOCK == 0:
+            where = tarindex.check_index_header(data[pos - fmt.BLOCK : pos], offset + pos - fmt.BLOCK, end)
+            if where is not None:
+                return FoundIndex(offset, data, pos, pos + where.size)
+        pos += 1
+    return None
 
 
 def select(catalogue, patterns: list[str]) -> list[IndexRow]:

@@ -15,15 +15,20 @@ import sys
 from collections.abc import Callable
 from contextlib import closing
 
+from typing import TYPE_CHECKING
+
 from . import __version__, extract, native
 from . import format as fmt
 from .errors import IndexCorruptError, SourceUnreadableError, UsageError, counted, show_path
 from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
                       size_argument)
-from .reader import tune_malloc
-from .plan import PlanOptions
-from .record import TapeRecorder, check_sources
-from .tape import EncryptedTape, GeneratedSidecar, Recording, Tape, archives, record_or_reuse
+
+if TYPE_CHECKING:
+    from .plan import PlanOptions
+    from .tape import EncryptedTape, Recording, Tape
+
+# The commands that read recordings import what they need when they run: `extract`,
+# which reads an archive, then starts without the recording, index and read-path code.
 
 _CHUNK = 1 << 20
 
@@ -103,6 +108,8 @@ def _positive(option: str):
 
 
 def _sources(args) -> list[str]:
+    from .record import check_sources
+
     srcs = args.src if isinstance(args.src, list) else [args.src]
     if args.index and len(srcs) > 1:
         raise UsageError("--index: one index per folder; give --index with one SRC only")
@@ -112,6 +119,8 @@ def _sources(args) -> list[str]:
 
 def _plan(args) -> PlanOptions | None:
     """The plan options given, or None when none was (a recording is then used as planned)."""
+    from .plan import PlanOptions
+
     if args.shard_size is None and args.shard_members is None and not args.index_member \
             and not args.ratarmount_index:
         return None
@@ -119,6 +128,8 @@ def _plan(args) -> PlanOptions | None:
 
 
 def _open(args) -> list[Recording]:
+    from .tape import Recording
+
     recordings: list[Recording] = []
     try:
         for src in _sources(args):
@@ -148,6 +159,9 @@ class _Opened:
 
 
 def _record(args) -> int:
+    from .plan import PlanOptions
+    from .record import TapeRecorder
+
     srcs = _sources(args)
     recipients = recipients_of(args)
     for src in srcs:
@@ -177,6 +191,9 @@ def _record(args) -> int:
 def _stream(args) -> int:
     if not args.output and sys.stdout.isatty():
         raise UsageError("stream: refusing to write the archive to a terminal (use -o FILE, or redirect stdout)")
+    from .reader import tune_malloc
+    from .tape import GeneratedSidecar, archives, record_or_reuse
+
     tune_malloc()
     srcs = _sources(args)
     plan = _plan(args)
@@ -277,12 +294,16 @@ def _copy(reader, start: int, total: int, write: Callable[[bytes], object], name
 
 def _served(recordings: list[Recording]) -> dict[tuple[str, int], Tape | EncryptedTape]:
     """(index path, tape number) -> the archive as stream and the mount give it (its name)."""
+    from .tape import EncryptedTape, Tape, archives
+
     return {(f.index_path, f.number): f for f in archives(recordings) if isinstance(f, (Tape, EncryptedTape))}
 
 
 def _names(recordings: list[Recording]) -> dict[tuple[str, int], str]:
     """(index path, tape number) -> the name of the tar that member offsets are counted in:
     the archive's, or for an age file the tar it holds (``dataset.tar`` of ``dataset.tar.age``)."""
+    from .tape import EncryptedTape
+
     return {key: f.tape.name if isinstance(f, EncryptedTape) else f.name for key, f in _served(recordings).items()}
 
 
@@ -362,6 +383,8 @@ def _verify(args) -> int:
 
 
 def _info(args) -> int:
+    from .tape import EncryptedTape
+
     with _Opened(_open(args)) as recordings:
         served = _served(recordings)
         for r in recordings:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from .age import Recipient
 from .errors import TartapeError, UsageError, counted, show_path
-from .record import state_dir
 
 log = logging.getLogger("tartapefs.mount")
 
@@ -209,6 +208,8 @@ def log_for_mount(prog: str, mnt: str, level: str, log_file: str | None, quiet: 
 def default_log_path(mnt: str) -> str:
     """Where a background daemon logs with neither --log-file nor syslog:
     ``$XDG_STATE_HOME/tartapefs/log/<mount point, / as _>.log``."""
+    from .record import state_dir  # only the mount logs there: the other programs start without record
+
     return os.path.join(state_dir(), "log", (mnt.strip("/").replace("/", "_") or "root") + ".log")
 
 

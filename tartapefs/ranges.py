@@ -11,15 +11,17 @@ body bytes received, for reports and tests.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import stat
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .errors import ArchiveError, UsageError, show_path
+
+if TYPE_CHECKING:  # imported when a URL is opened: a local archive spares the start-up time
+    import http.client
 
 CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
@@ -56,6 +58,12 @@ class FileSource:
         return self.read(self.size - size, size)
 
     def read(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes from ``offset``: one ``pread`` into one new buffer (a
+        large range is neither zero-filled first nor joined from pieces)."""
+        data = os.pread(self._fd, size, offset)
+        if len(data) == size:
+            self.transferred += size
+            return data
         return b"".join(self.chunks(offset, size))
 
     def chunks(self, offset: int, size: int, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -109,16 +117,28 @@ class HttpSource:
         return self._body(response, last - first + 1, first)
 
     def read(self, offset: int, size: int) -> bytes:
-        return b"".join(self.chunks(offset, size))
-
-    def chunks(self, offset: int, size: int, chunk: int = CHUNK) -> Iterator[bytes]:
+        """Exactly ``size`` bytes from ``offset``: one request, read as one buffer."""
         if size <= 0:
-            return
+            return b""
+        data = self._range(offset, size).read(size)
+        if len(data) != size:
+            raise ArchiveError(f"{self.name}: the connection ended {size - len(data)} bytes before the end of a range")
+        self.transferred += size
+        return data
+
+    def _range(self, offset: int, size: int) -> http.client.HTTPResponse:
         response, url = self._get(self.name, f"bytes={offset}-{offset + size - 1}")
         first, last, _ = self._check_range(response, url)
         if (first, last) != (offset, offset + size - 1):
             response.close()
             raise ArchiveError(f"{url}: asked for bytes {offset}-{offset + size - 1}, the server sent {first}-{last}")
+        return response
+
+    def chunks(self, offset: int, size: int, chunk: int = CHUNK) -> Iterator[bytes]:
+        if size <= 0:
+            return
+        response = self._range(offset, size)
+        url = self.name
         left = size
         while left:
             data = response.read(min(chunk, left))
@@ -137,6 +157,8 @@ class HttpSource:
         if response.status != 200:
             response.read()
             raise ArchiveError(f"{url}: HTTP {response.status} {response.reason}")
+        import tempfile
+
         fd, path = tempfile.mkstemp(prefix="tartape-", suffix=suffix)
         self._temp.append(path)
         with os.fdopen(fd, "wb") as out:
@@ -174,6 +196,8 @@ class HttpSource:
         raise ArchiveError(f"{self.name}: more than {_REDIRECTS} redirects")
 
     def _send(self, parts, target: str, headers: dict, url: str) -> http.client.HTTPResponse:
+        import http.client
+
         for attempt in (1, 2):
             conn = self._connection(parts)
             try:
@@ -190,6 +214,8 @@ class HttpSource:
         raise AssertionError("unreachable")
 
     def _connection(self, parts) -> http.client.HTTPConnection:
+        import http.client
+
         key = (parts.scheme.lower(), parts.hostname, parts.port)
         if self._conn is not None and getattr(self, "_key", None) == key:
             return self._conn

@@ -139,48 +139,53 @@ def index_member_at(name: bytes, size: int, offset: int, newest: int, source: by
 # -- reading it back ---------------------------------------------------------------------
 
 
-def parse_rows(content: bytes) -> Iterator[IndexRow]:
-    """Every row of an index member's content, in order (ArchiveError when malformed)."""
-    if not content.startswith(HEADER_ROW):
+def parse_rows(content: bytes | bytearray, start: int = 0, end: int | None = None) -> Iterator[IndexRow]:
+    """Every row of an index member's content (``content[start:end]``), in order
+    (ArchiveError when malformed)."""
+    end = len(content) if end is None else end
+    if not content.startswith(HEADER_ROW, start, end):
         raise ArchiveError("the index member does not start with its header row")
-    text = io.StringIO(content[len(HEADER_ROW):].decode("utf-8", "surrogateescape"), newline="")
+    text = io.StringIO(content[start + len(HEADER_ROW) : end].decode("utf-8", "surrogateescape"), newline="")
     for number, fields in enumerate(csv.reader(text), start=2):
         yield _row(fields, number)
 
 
-def find_rows(content: bytes, name: bytes) -> list[IndexRow]:
-    """The rows named exactly ``name``, found without parsing the others.
+def find_rows(content: bytes | bytearray, name: bytes, start: int = 0, end: int | None = None) -> list[IndexRow]:
+    """The rows named exactly ``name`` in the index member's content (``content[start:end]``,
+    searched in place), found without parsing the others.
 
     A match must start a row: the text before it holds an even number of ``"``
     (it is outside any quoted field) and it follows a CRLF or the header row.
     """
+    end = len(content) if end is None else end
     field = name
     if _NEEDS_QUOTES.search(name):
         field = b'"' + name.replace(b'"', b'""') + b'"'
     needle = b"\r\n" + field + b","
     found = []
-    pos = len(HEADER_ROW) - 2
+    pos = start + len(HEADER_ROW) - 2
     while True:
-        pos = content.find(needle, pos)
+        pos = content.find(needle, pos, end)
         if pos < 0:
             return found
-        if content.count(b'"', 0, pos) % 2 == 0:
-            end = _row_end(content, pos + 2)
-            line = content[pos + 2 : end].decode("utf-8", "surrogateescape")
+        # No quote before it at all (memchr: fast), or an even number of them.
+        if content.find(b'"', start, pos) < 0 or content.count(b'"', start, pos) % 2 == 0:
+            stop = _row_end(content, pos + 2, end)
+            line = bytes(content[pos + 2 : stop]).decode("utf-8", "surrogateescape")
             found.extend(_row(fields, -1) for fields in csv.reader([line]))
         pos += 1
 
 
-def _row_end(content: bytes, start: int) -> int:
+def _row_end(content: bytes | bytearray, start: int, end: int) -> int:
     """End of the row starting at ``start`` (after its CRLF), quoted line breaks skipped."""
     pos = start
     while True:
-        end = content.find(b"\r\n", pos)
-        if end < 0:
-            return len(content)
-        if content.count(b'"', start, end) % 2 == 0:
-            return end + 2
-        pos = end + 2
+        stop = content.find(b"\r\n", pos, end)
+        if stop < 0:
+            return end
+        if content.count(b'"', start, stop) % 2 == 0:
+            return stop + 2
+        pos = stop + 2
 
 
 def _row(fields: list[str], number: int) -> IndexRow:
