@@ -18,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tartapefs import format as fmt
+from tartapefs import tarindex
 from tartapefs.layout import Member, archive_name
 from tartapefs.plan import (PlanOptions, plan, sample_key, sample_order, tape_name, volume_name,
                             volume_ranges, wids_index, wids_key)
+from tartapefs.plansink import PlanSink
 
 pytestmark = pytest.mark.pure
 
@@ -275,3 +277,62 @@ def test_wids_index_lists_every_shard_relative_to_itself():
     assert doc["__kind__"] == "wids-shard-index-v1" and doc["wids_version"] == 1
     assert doc["shardlist"] == [{"url": "p-000000.tar", "nsamples": 3, "filesize": 10240},
                                 {"url": "p-000001.tar", "nsamples": 1, "filesize": 2048}]
+
+
+class Collect(PlanSink):
+    """Every tape's index member bytes and members, as a recorder gets them."""
+
+    def __init__(self) -> None:
+        self.csv: dict[int, bytes] = {}
+        self.members: dict[int, list[Member]] = {}
+        self.closed_tapes: list[int] = []
+
+    def placed(self, tape: int, members: list[Member], csv: bytes) -> None:
+        assert tape not in self.closed_tapes
+        self.csv[tape] = self.csv.get(tape, b"") + csv
+        self.members.setdefault(tape, []).extend(members)
+
+    def closed(self, tape) -> None:
+        self.closed_tapes.append(tape.number)
+
+
+@settings(max_examples=80, deadline=None)
+@given(trees(), st.sampled_from([None, 10 << 10, 20 << 10]), st.one_of(st.none(), st.integers(2, 8)),
+       st.integers(0, 5))
+def test_an_index_member_ends_every_tape_lists_the_others_and_counts_against_the_limits(
+        tree, limit, max_members, link_every):
+    tree[b"huge.bin"] = 30000  # one sample bigger than a shard
+    recorded, sizes = walk(tree, link_every=link_every)
+    options = PlanOptions(limit, max_members, index_member=True, ratarmount_index=True)
+    sink = Collect()
+    placed, tapes = plan(recorded, "data", options, sizes, prefix=b"data", sink=sink)
+    assert sink.closed_tapes == [t.number for t in tapes]
+    for tape, members in zip(tapes, shards_of(placed, tapes)):
+        *others, index = members
+        assert index.generated and not any(m.generated for m in others)
+        name = tarindex.index_member_name(tape.name, b"data")
+        assert index.name == name and index.source == name[len(b"data/"):]
+        assert tape.index_member == tape.start + index.offset and index.end + 1024 == tape.total_size
+        assert sink.csv[tape.number] == tarindex.index_csv(others) and index.size == len(sink.csv[tape.number])
+        assert sink.members[tape.number] == members  # local offsets, the index member last
+        assert index.mtime == max([0] + [m.mtime for m in others])
+        data = shard_bytes(members, sizes)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            assert [m.offset_data for m in tf.getmembers()] == [m.body_offset for m in members]
+        if options.sharded:
+            samples = {(parent(m.source), sample_key(m.source.rpartition(b"/")[2]))
+                       for m in others if m.kind != fmt.DIR}
+            if (limit and tape.total_size > limit) or (max_members and len(members) > max_members):
+                assert len(samples) <= 1, (tape.number, samples)
+
+
+def test_plan_options_keep_the_fingerprints_of_plans_without_the_new_options():
+    assert PlanOptions(1 << 20).bytes_json() == json.dumps({"shard_members": None, "shard_size": 1 << 20})
+    assert PlanOptions.from_json(PlanOptions(5, None, True, True).to_json()) == PlanOptions(5, None, True, True)
+    assert PlanOptions.from_json(PlanOptions(5).to_json()) == PlanOptions(5)
+    assert "ratarmount" not in PlanOptions(5, None, True, True).bytes_json()  # no byte of a tape
+    recorded = [member(b"d", b"", fmt.DIR)] + [member(b"d", b"%d.txt" % i, fmt.FILE, 50) for i in range(3)]
+    _, plain = plan(recorded, "d")
+    _, sidecar = plan(recorded, "d", PlanOptions(ratarmount_index=True))
+    _, indexed = plan(recorded, "d", PlanOptions(index_member=True), prefix=b"d")
+    assert plain == sidecar and indexed[0].fingerprint != plain[0].fingerprint

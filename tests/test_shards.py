@@ -3,11 +3,13 @@ Python's tarfile, GNU tar and bsdtar, shard by shard and all together."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,19 +63,28 @@ def build_sample_tree(parent: Path, name: str = "photos") -> Path:
     return root
 
 
+@contextlib.contextmanager
+def sample_recording(tmp_path_factory, name: str, plan: PlanOptions) -> Iterator[tuple[Path, Recording]]:
+    """The sample tree recorded with ``plan`` (index beside it), opened; all removed after."""
+    top = tmp_path_factory.mktemp(name)
+    src = build_sample_tree(top)
+    TapeRecorder(str(src), index_path=str(top / "index.db"), plan=plan).commit()
+    recording = Recording.open(str(top / "index.db"))
+    try:
+        yield src, recording
+    finally:
+        recording.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> tuple[Path, Recording, list[bytes]]:
-    top = tmp_path_factory.mktemp("shards")
-    src = build_sample_tree(top)
-    TapeRecorder(str(src), index_path=str(top / "index.db"), plan=PlanOptions(shard_size=SHARD)).commit()
-    recording = Recording.open(str(top / "index.db"))
-    datas = []
-    for tape in recording.tapes():
-        with tape.reader() as reader:
-            datas.append(reader.read(0, tape.total_size))
-    yield src, recording, datas
-    recording.close()
-    shutil.rmtree(top, ignore_errors=True)
+    with sample_recording(tmp_path_factory, "shards", PlanOptions(shard_size=SHARD)) as (src, recording):
+        datas = []
+        for tape in recording.tapes():
+            with tape.reader() as reader:
+                datas.append(reader.read(0, tape.total_size))
+        yield src, recording, datas
 
 
 def test_shards_are_named_sized_and_listed_with_their_samples(sharded):
