@@ -69,13 +69,17 @@ def run_mount_cli(*args: str | Path, timeout: float = DEADLINE_S) -> subprocess.
     )
 
 
+# Python code that loads every module of the package (the programs import most of them only
+# when a command needs them), for a test that drops to nobody in the same process: nobody may
+# not be able to read the interpreter's files. The daemon's (pyfuse3, trio) are left out.
+PRELOAD = ("import importlib, pkgutil, tartapefs; [importlib.import_module('tartapefs.' + m.name) "
+           "for m in pkgutil.iter_modules(tartapefs.__path__) if m.name != 'daemon']; ")
+
+
 def run_as_nobody(module: str, *args: str | Path) -> subprocess.CompletedProcess:
-    """``python -m module ARGS`` as user nobody. The module and every module of the package
-    (the programs import most of them lazily) are loaded first, as root: nobody may not be
-    able to read the interpreter's files."""
-    code = (f"import importlib, os, pkgutil, sys, tartapefs; from {module} import main, _parser; _parser(); "
-            "[importlib.import_module('tartapefs.' + m.name) for m in pkgutil.iter_modules(tartapefs.__path__) "
-            "if m.name != 'daemon']; "
+    """``python -m module ARGS`` as user nobody. The module, its parser and the package's
+    modules are loaded first, as root (see PRELOAD)."""
+    code = (f"import os, sys; from {module} import main, _parser; _parser(); {PRELOAD}"
             f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY}); sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, cwd="/", env=daemon_env(), timeout=DEADLINE_S)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mountutil import PRELOAD
 from tartapefs import Tape, TapeReader, TapeRecorder
 from tartapefs.errors import IndexCorruptError, IndexVersionError, TartapeError
 from mountutil import tmpfs
@@ -70,7 +71,7 @@ def test_unreadable_entries_are_named_at_record_time_and_nothing_is_written(worl
     # Import (and build the parser, which imports lazily) first, then drop to nobody: the
     # interpreter itself may live where nobody can read nothing.
     code = (
-        "import os, sys, locale, gettext; from tartapefs.cli import main, _parser; _parser(); "
+        f"import os, sys, locale, gettext; from tartapefs.cli import main, _parser; _parser(); {PRELOAD}"
         f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY}); sys.exit(main(sys.argv[1:]))"
     )
     index = state / "index.db"
