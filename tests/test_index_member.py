@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agekit import age_decrypt, keygen
 from mountutil import DEADLINE_S, TARTAPE
 from tartapefs import PlanOptions, Recording, TapeRecorder
 from tartapefs import format as fmt
@@ -26,6 +27,7 @@ from tartapefs.cli import main
 from tartapefs.errors import IndexCorruptError, UsageError
 from tartapefs.index import INDEX_MEMBER, PART, RATARMOUNT_INDEX, seal
 from tartapefs.tape import archives
+from test_cli import assert_user_error, ok, tartape
 from test_readers import unexpected_stderr
 from test_shards import SHARD, sample_recording
 from trees import expected_names, tree_differences
@@ -314,3 +316,24 @@ def test_the_index_member_of_a_member_less_tape_is_its_header_row(tmp_path):
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:
             assert tf.extractfile("data.tarindex.csv").read() == b"name,size,header_offset,body_offset,type,mtime\r\n"
         assert tape.generated_file(INDEX_MEMBER).size == 48 and len(data) == 2 * fmt.BLOCK + len(fmt.FOOTER)
+
+
+# -- with encryption ------------------------------------------------------------------------------
+
+
+def test_the_index_member_is_encrypted_with_the_rest_and_ratarmount_index_is_refused(small_tree, tmp_path):
+    key = keygen(tmp_path)
+    sealed = ok("stream", small_tree, "--encrypt-to", key.public, "--index-member")
+    done = age_decrypt(sealed, key)
+    assert done.returncode == 0, done.stderr
+    rows, content = tarfile_rows(done.stdout)
+    assert csv_rows(content)[1:] == rows and b"tarindex" not in sealed
+    # ratarmount's index would list in plain what the .age file holds: refused, nothing written.
+    before = sorted(os.listdir(small_tree / ".tartape"))
+    for args in (["record", small_tree, "--encrypt-to", key.public, "--ratarmount-index"],
+                 ["stream", small_tree, "--ratarmount-index"]):  # recorded again: keeps the recipients
+        proc = tartape(*args)
+        assert_user_error(proc)
+        assert b"--ratarmount-index: not with --encrypt-to" in proc.stderr
+    assert sorted(os.listdir(small_tree / ".tartape")) == before
+    assert ok("stream", small_tree) == sealed

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import DEADLINE_S, NEEDS_MOUNT, TARTAPE
+from agekit import keygen
+from mountutil import DEADLINE_S, NEEDS_MOUNT, TARTAPE, run_mount_cli
 from nginxutil import NGINX, nginx  # noqa: F401  (nginx: the fixture)
 from tartapefs import Recording
 from tartapefs.cli import main
@@ -138,3 +139,16 @@ def test_rclone_copies_ratarmount_index_with_the_archive_and_ratarmount_mounts_i
     assert "Creating offset dictionary" in their_output, their_output  # the scan ours spared
     assert our_tree == their_tree and "photos/photos.tarindex.csv" in our_tree
     assert (ours / "dataset.tar.index.sqlite").read_bytes() == before  # loaded, not rewritten
+
+
+def test_a_mount_with_encryption_refuses_ratarmount_index_in_one_line_and_mounts_nothing(tmp_path):
+    src = build_sample_tree(tmp_path)
+    key = keygen(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = run_mount_cli(src, mnt, "--encrypt-to", key.public, "--ratarmount-index", "--log-file",
+                         tmp_path / "mount.log")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == ["tartape-mount: --ratarmount-index: not with --encrypt-to (ratarmount's "
+                                        "index, served beside the .age file, would show in plain what it holds)"]
+    assert not os.path.ismount(mnt) and os.listdir(mnt) == []
