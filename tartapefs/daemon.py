@@ -32,6 +32,13 @@ PROG = "tartape-mount"
 # (DESIGN.md, "FUSE facts"); value in KiB. Measured on a 1.1 GB tape from
 # page-cached sources: dd bs=1M 0.5-0.9 -> 1.3-2.6 GB/s, cat 0.9-1.2 -> 1.4-2.7.
 READ_AHEAD_KB = 1024
+# Encrypted archives: a deeper read-ahead. With 1 MiB the kernel asks for the next window only
+# when the reader reaches it, so the daemon's ~1.2 ms of work on a request (sealing included)
+# mostly leaves the reader waiting; with 4 MiB up to four 1 MiB requests wait queued and are
+# served back to back.
+# Rough, on the shared 2-vCPU VM (2 GiB, dd bs=1M, six rounds): median 783 -> 839 MB/s;
+# 8 and 16 MiB gave no more (docs/BENCHMARKS.md, "Encrypted archives").
+ENCRYPTED_READ_AHEAD_KB = 4096
 
 
 def open_archives(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
@@ -85,6 +92,7 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
             serving.append(f"serving {what}: {counted(sum(t.total_size for t in tapes), 'byte')}, "
                            f"{counted(r.member_count, 'member')}, from {r.source_root} (index {r.index_path})")
         args.served_name = files[0].name
+        args.read_ahead_kb = ENCRYPTED_READ_AHEAD_KB if any(r.encrypted for r in recordings) else READ_AHEAD_KB
         return trio.run(serve, fs, args, options, readiness, serving)
     finally:
         for r in recordings:
@@ -110,7 +118,7 @@ async def serve(fs: TapeFS, args: argparse.Namespace, options: set[str], readine
                 readiness.failed(f"{served}: the new mount does not answer ({err.strerror})")
                 nursery.cancel_scope.cancel()
                 return 1
-            _tune_read_ahead(st.st_dev)
+            _tune_read_ahead(st.st_dev, args.read_ahead_kb)
             readiness.ready(f"serving {args.served_name}")
             if args.ready_fd is not None:
                 detach_stdio(PROG, args.mountpoint, args.log_file)
@@ -147,14 +155,14 @@ async def _until_usable(path: str) -> os.stat_result:
     return await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
 
 
-def _tune_read_ahead(dev: int) -> None:
-    """Raise the mount's kernel read-ahead so buffered reads arrive as 1 MiB
+def _tune_read_ahead(dev: int, kb: int) -> None:
+    """Raise the mount's kernel read-ahead to ``kb`` KiB so buffered reads arrive as 1 MiB
     requests instead of 128 KiB ones. Best effort: needs root."""
     path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
     try:
         with open(path, "w") as f:
-            f.write(str(READ_AHEAD_KB))
+            f.write(str(kb))
     except OSError as err:
         log.info("kept the default read-ahead (%s: %s)", path, err.strerror)
     else:
-        log.debug("read-ahead set to %d KiB (%s)", READ_AHEAD_KB, path)
+        log.debug("read-ahead set to %d KiB (%s)", kb, path)
