@@ -38,6 +38,11 @@ class IndexSourceMismatchError(IndexError_):
     """The index was recorded from another source folder than the one given."""
 
 
+class IndexUntrustedError(IndexError_):
+    """An index found (not named) belongs to another user, or others may write it or its
+    folder: it is not used unless named explicitly."""
+
+
 class MemberNotFoundError(UsageError):
     """No member of the tape has the requested name."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator
@@ -22,13 +21,13 @@ from typing import NamedTuple
 from . import format as fmt
 from .errors import (
     IndexCorruptError,
-    IndexMissingError,
     IndexVersionError,
     TartapeError,
     UsageError,
     show_path,
 )
 from .encrypt import META_PREFIX
+from .indexdir import IndexFolder, connect_checked, open_regular
 from .indexcheck import ends_fault, meta_fault, names_suspect, row_fault, tape_fault
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape
@@ -89,11 +88,11 @@ class Index:
     :class:`IndexVersionError` when the file cannot serve as an index.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, trusted_only: bool = False) -> None:
         self.path = path
-        fd = _open_regular(path)
+        fd = open_regular(path, trusted_only)
         try:
-            self._db = self._connect(fd)
+            self._db = self._connect(fd, trusted_only)
             try:
                 self.meta = self._checked_meta()
                 _check_crc(path, fd)
@@ -105,23 +104,23 @@ class Index:
         self.prefix: bytes = bytes(self.meta["prefix"])
         self.member_count: int = self.meta["member_count"]
 
-    def _connect(self, fd: int) -> sqlite3.Connection:
+    def _connect(self, fd: int, trusted_only: bool) -> sqlite3.Connection:
         """A connection to the very file ``fd`` holds open (the one checked)."""
         path = self.path
         # immutable=1: an index is never changed in place (a new one is renamed
         # over it), so SQLite may skip locking; this connection keeps reading
-        # the file it opened even after such a rename.
-        uri = "file:%s?mode=ro&immutable=1" % urllib.parse.quote(os.path.abspath(path))
+        # the file it opened even after such a rename. An index of ours is opened
+        # read-write (never written: query_only), so that a FIFO swapped into its
+        # path before SQLite's open cannot block it.
+        mode = "rw" if trusted_only else "ro"
+        uri = "file:%s?mode=%s&immutable=1" % (urllib.parse.quote(os.path.abspath(path)), mode)
         try:
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            db = connect_checked(lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), fd)
+            if db is not None:
+                db.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as err:
             raise IndexCorruptError(f"{path}: not a readable tartapefs index ({err})") from None
-        try:
-            same = _identity(os.stat(path)) == _identity(os.fstat(fd))
-        except OSError:
-            same = False
-        if not same:  # renamed over between our open and SQLite's: never mix the two
-            db.close()
+        if db is None:  # renamed over between our open and SQLite's: never mix the two
             raise IndexCorruptError(f"{path}: replaced while it was being opened (recorded again?); try again")
         return db
 
@@ -368,22 +367,32 @@ class Index:
 
 
 class IndexWriter:
-    """Builds an index in ``<path>.<pid>.tmp`` and renames it to ``path`` on commit.
+    """Builds an index in a temporary file of its folder and renames it to ``path`` on commit.
 
-    Until :meth:`commit` returns, the previous index at ``path`` (if any) is
-    untouched; :meth:`abort` (also on any exception inside ``with``) removes
-    the temporary file. The file is created 0600.
+    ``folder``: the :class:`~tartapefs.indexdir.IndexFolder` it goes into (default: the
+    folder of ``path``, as named); the temporary file is made there with O_EXCL |
+    O_NOFOLLOW and renamed within it. Until :meth:`commit` returns, the previous index at
+    ``path`` (if any) is untouched; :meth:`abort` (also on any exception inside ``with``)
+    removes the temporary file. The file is created 0600.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, folder: IndexFolder | None = None) -> None:
         self.path = path
+        self._name = os.path.basename(path)
         directory = os.path.dirname(os.path.abspath(path))
-        _remove_stale_temporaries(path)
-        self._tmp = "%s.%d.tmp" % (path, os.getpid())
+        self._own_folder = folder is None
         try:
-            fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.close(fd)
-            self._db = sqlite3.connect(self._tmp, isolation_level=None)
+            self._folder = folder or IndexFolder(directory, private=False)
+        except OSError as err:
+            raise TartapeError(f"{path}: cannot create the index in {directory} ({_reason(err)})") from None
+        self._folder.remove_stale(self._name)
+        try:
+            self._tmp, self._fd = self._folder.temporary(self._name)
+            uri = "file:%s?mode=rw" % urllib.parse.quote(self._folder.join(self._tmp))
+            self._db = connect_checked(lambda: sqlite3.connect(uri, uri=True, isolation_level=None), self._fd)
+            if self._db is None:
+                raise TartapeError(f"{path}: the folder {directory} was replaced while the index was being "
+                                   "created; nothing was written")
             # A temporary file: durability comes from the fsync + rename in commit().
             self._db.execute("PRAGMA journal_mode=OFF")
             self._db.execute("PRAGMA synchronous=OFF")
@@ -456,13 +465,10 @@ class IndexWriter:
 
         self._write(finish)
         try:
-            seal(self._tmp)
-            os.replace(self._tmp, self.path)
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            seal_fd(self._fd)
+            self._folder.replace(self._tmp, self._name)
+            self._tmp = None
+            self._close_files()
         except OSError as err:
             self.abort()
             raise TartapeError(f"{self.path}: cannot write the index ({_reason(err)}); the previous index is unchanged") from None
@@ -473,10 +479,17 @@ class IndexWriter:
             self._db.close()
         except (AttributeError, sqlite3.Error):
             pass
-        try:
-            os.unlink(self._tmp)
-        except (AttributeError, FileNotFoundError):
-            pass
+        if getattr(self, "_tmp", None):
+            self._folder.unlink(self._tmp)
+            self._tmp = None
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._own_folder:
+            self._folder.close()
 
     def __enter__(self) -> IndexWriter:
         return self
@@ -531,33 +544,20 @@ def seal(path: str) -> None:
     whoever can write the file can seal it again.) Raises OSError."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        os.pwrite(fd, _crc(fd).to_bytes(4, "big"), _CRC_AT)
-        os.fsync(fd)
+        seal_fd(fd)
     finally:
         os.close(fd)
+
+
+def seal_fd(fd: int) -> None:
+    """:func:`seal` through a descriptor open for writing."""
+    os.pwrite(fd, _crc(fd).to_bytes(4, "big"), _CRC_AT)
+    os.fsync(fd)
 
 
 def _signed(value: int) -> int:
     """An unsigned 64-bit value (st_ino, st_dev) as the signed one SQLite can store."""
     return value - _U64 if value > _I64_MAX else value
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-def _open_regular(path: str) -> int:
-    """A descriptor of the index file; O_NONBLOCK so that a FIFO in its place cannot block."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise IndexMissingError(f"{path}: no index there") from None
-    except OSError as err:
-        raise IndexCorruptError(f"{path}: cannot open the index ({err.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise IndexCorruptError(f"{path}: not a tartapefs index (not a regular file)")
-    return fd
 
 
 def _crc(fd: int) -> int:
@@ -617,32 +617,3 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err)
-
-
-def _remove_stale_temporaries(path: str) -> None:
-    """Remove ``<path>.<pid>.tmp`` files left by a killed recorder whose pid is gone."""
-    directory, base = os.path.split(os.path.abspath(path))
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(base + ".") and name.endswith(".tmp")):
-            continue
-        pid = name[len(base) + 1 : -4]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

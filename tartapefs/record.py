@@ -14,6 +14,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
@@ -23,6 +24,7 @@ from .age import Recipient, RecipientError, unique
 from .encrypt import EncryptionState, require_crypto
 from .errors import TartapeError, UsageError, show_path
 from .index import INDEX_MEMBER, RATARMOUNT_INDEX, GeneratedWriter, IndexWriter
+from .indexdir import IndexFolder
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order
 from .plansink import PlanSink
@@ -87,8 +89,15 @@ class TapeRecorder:
         # changes SRC's own mtime, which is part of the archive.
         index_path = self.index_path or default_index_path(self.src)
         _check_index_place(self.src, index_path)
-        if self.index_path is None or _in_own_dir(self.src, index_path):
-            _make_index_dir(index_path)
+        # SRC/.tartape and the state folder: made 0700 when missing, refused unless ours alone.
+        private = self.index_path is None or _in_own_dir(self.src, index_path)
+        folder = IndexFolder(os.path.dirname(os.path.abspath(index_path)), private)
+        try:
+            return self._commit(index_path, folder)
+        finally:
+            folder.close()
+
+    def _commit(self, index_path: str, folder: IndexFolder) -> str:
         order = sample_order if self.plan.sharded else None
         entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress, order)
 
@@ -98,7 +107,7 @@ class TapeRecorder:
                     continue  # with no prefix the root folder is not a member
                 yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
 
-        with IndexWriter(index_path) as writer, _GeneratedFiles(writer, self.plan) as generated:
+        with IndexWriter(index_path, folder) as writer, _GeneratedFiles(writer, self.plan) as generated:
             planner = Planner(os.path.basename(self.src) or "root", self.plan, self.prefix, generated)
             placed = planner.place(recorded())
             # In batches: between two, the generated files of a tape just planned are written.
@@ -230,12 +239,20 @@ class _GeneratedFiles(PlanSink):
 
 
 def default_index_path(src: str) -> str:
-    """Where ``record`` puts the index of ``src`` when no ``--index`` is given."""
+    """Where ``record`` puts the index of ``src`` when no ``--index`` is given: in
+    ``SRC/.tartape`` when this user may write there (a symlink or anything else in its
+    place is then refused, never followed), else in the state folder."""
     inside, state = index_candidates(src)
     parent = os.path.dirname(inside)
-    if os.path.isdir(parent):
-        return inside if os.access(parent, os.W_OK) else state
-    return inside if os.access(os.path.realpath(src), os.W_OK) else state
+    try:
+        st = os.lstat(parent)
+    except FileNotFoundError:
+        return inside if os.access(os.path.realpath(src), os.W_OK) else state
+    except OSError:
+        return state
+    if stat.S_ISDIR(st.st_mode) and not os.access(parent, os.W_OK):
+        return state
+    return inside
 
 
 def state_dir() -> str:
@@ -254,22 +271,22 @@ def index_candidates(src: str) -> tuple[str, str]:
     )
 
 
-def _make_index_dir(index_path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(index_path))
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{directory}: cannot create the index folder ({err.strerror})") from None
-
-
 def _in_own_dir(src: str, index_path: str) -> bool:
-    return os.path.realpath(index_path).startswith(os.path.join(src, INDEX_DIR) + os.sep)
+    """Whether ``index_path`` is SRC/.tartape/NAME, as written or once resolved."""
+    own = os.path.join(src, INDEX_DIR)
+    return os.path.dirname(os.path.abspath(index_path)) == own or os.path.realpath(index_path).startswith(own + os.sep)
+
+
+def _inside(src: str, path: str) -> bool:
+    """Whether ``path`` lies in ``src``, as written or once resolved (a symlink in SRC,
+    whoever made it, must not carry the index elsewhere)."""
+    return any((p + os.sep).startswith(src + os.sep) for p in (os.path.abspath(path), os.path.realpath(path)))
 
 
 def _check_index_place(src: str, index_path: str) -> None:
     """An index may live outside SRC or in SRC/.tartape/ (left out of the archive), nowhere
     else in SRC: writing it would change its folder's mtime, a byte of the archive it indexes."""
-    if (os.path.realpath(index_path) + os.sep).startswith(src + os.sep) and not _in_own_dir(src, index_path):
+    if _inside(src, index_path) and not _in_own_dir(src, index_path):
         raise UsageError(
             f"--index {index_path}: inside the source folder, where writing it would change the "
             f"archive it describes; put it outside {src} or in {os.path.join(src, INDEX_DIR)}/"

@@ -68,17 +68,22 @@ class Recording:
         self._starts = [p.start for p in planned]
 
     @classmethod
-    def open(cls, index_path: str) -> Recording:
-        return cls(Index(index_path))
+    def open(cls, index_path: str, trusted_only: bool = False) -> Recording:
+        """The recording of the index at ``index_path``. ``trusted_only``: as for an index
+        found rather than named, refuse it (IndexUntrustedError) unless it and its folder
+        belong to this user and no one else may write them."""
+        return cls(Index(index_path, trusted_only))
 
     @classmethod
     def discover(cls, src: str) -> Recording:
         """The recording of the folder ``src`` (IndexMissingError when none; UsageError
-        when ``src`` is not a folder)."""
+        when ``src`` is not a folder), from an index this user owns (IndexUntrustedError
+        for one of another user, or that others may write: name it with
+        ``Recording.open`` to use it anyway)."""
         _source_dir(src)
         for path in index_candidates(src):
-            if os.path.exists(path):
-                return cls.open(path).check_source(src)
+            if os.path.lexists(path):
+                return cls.open(path, trusted_only=True).check_source(src)
         raise IndexMissingError(f"{src}: no recorded tape (run: tartape record {src})")
 
     def check_source(self, src: str) -> Recording:
@@ -430,7 +435,7 @@ def record_or_reuse(
         recipients=recipients if recipients is not None else found.recipients if found else None,
     )
     recorder.commit()
-    return Recording.open(recorder.index_path)
+    return Recording.open(recorder.index_path, trusted_only=index_path is None)
 
 
 def open_or_record(

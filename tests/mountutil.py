@@ -102,6 +102,16 @@ def bounded(argv: list, timeout: float = HANG_S, on_hang=None) -> subprocess.Com
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The one line on stderr of a command that failed as it should: non-zero exit, no
+    traceback (text output, as :func:`bounded` gives)."""
+    assert done.returncode != 0, str(done.stdout)[:400]
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def as_nobody(*argv: str | Path) -> subprocess.CompletedProcess:
     """``argv`` run as user nobody (through ``setpriv``), output captured."""
     return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import NEEDS_MOUNT, TARTAPE, bounded
+from mountutil import NEEDS_MOUNT, TARTAPE, bounded, one_line
 from tartapefs.index import seal
 from trees import build_small_tree, record
 
@@ -36,15 +36,6 @@ except TartapeError as err:
 else:
     print("served", got, "of", tape.total_size)
 """
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    """The single stderr line of a failed command (no traceback, non-zero exit)."""
-    assert done.returncode != 0, (done.stdout[:200], done.stderr)
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import NEEDS_MOUNT, NOBODY, TARTAPE, bounded
+from mountutil import NEEDS_MOUNT, NOBODY, TARTAPE, bounded, one_line
 from trees import archive_of, build_small_tree, record
 
 
@@ -39,14 +39,6 @@ def read_member(tape, name: str) -> str:
     done = bounded([sys.executable, "-c", READ_MEMBER, tape.index_path, name])
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     return done.stdout.strip()
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode != 0, done.stdout
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def release_fifo(path: Path) -> None:
