@@ -21,7 +21,8 @@ _EXPORTS = {
     "ShortReadError": "encrypt", "load_recipients": "encrypt",
     "ByteSource": "bytesource",
     "ArchiveError": "errors", "IndexCorruptError": "errors", "IndexMissingError": "errors",
-    "IndexSourceMismatchError": "errors", "IndexVersionError": "errors", "MemberNotFoundError": "errors",
+    "IndexSourceMismatchError": "errors", "IndexUntrustedError": "errors", "IndexVersionError": "errors",
+    "MemberNotFoundError": "errors",
     "SourceBusyError": "errors", "SourceChangedError": "errors", "SourceError": "errors",
     "SourceUnreadableError": "errors", "StreamSizeError": "errors", "TartapeError": "errors",
     "UsageError": "errors",
@@ -55,8 +56,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .encrypt import AgeUnavailableError, EncryptedReader, EncryptionState, ShortReadError, load_recipients
     from .bytesource import ByteSource
     from .errors import (ArchiveError, IndexCorruptError, IndexMissingError, IndexSourceMismatchError,
-                         IndexVersionError, MemberNotFoundError, SourceBusyError, SourceChangedError, SourceError,
-                         SourceUnreadableError, StreamSizeError, TartapeError, UsageError)
+                         IndexUntrustedError, IndexVersionError, MemberNotFoundError, SourceBusyError,
+                         SourceChangedError, SourceError, SourceUnreadableError, StreamSizeError, TartapeError,
+                         UsageError)
     from .memtape import MemoryTape
     from .plan import PlanOptions
     from .ratarindex import write_ratarmount_index

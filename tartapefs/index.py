@@ -387,7 +387,11 @@ class IndexWriter:
             raise TartapeError(f"{path}: cannot create the index in {directory} ({_reason(err)})") from None
         self._folder.remove_stale(self._name)
         try:
-            self._tmp, self._fd = self._folder.temporary(self._name)
+            # Named before it is made, so that abort() finds it even when an interrupt comes
+            # right after; abort() removes it only while it is the file self._fd holds.
+            self._fd = -1
+            self._tmp = self._folder.temporary_name(self._name)
+            self._fd = self._folder.create(self._tmp)
             uri = "file:%s?mode=rw" % urllib.parse.quote(self._folder.join(self._tmp))
             self._db = connect_checked(lambda: sqlite3.connect(uri, uri=True, isolation_level=None), self._fd)
             if self._db is None:
@@ -479,9 +483,9 @@ class IndexWriter:
             self._db.close()
         except (AttributeError, sqlite3.Error):
             pass
-        if getattr(self, "_tmp", None):
-            self._folder.unlink(self._tmp)
-            self._tmp = None
+        if getattr(self, "_tmp", None) and self._fd >= 0:
+            self._folder.unlink_own(self._tmp, self._fd)
+        self._tmp = None
         self._close_files()
 
     def _close_files(self) -> None:

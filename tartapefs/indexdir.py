@@ -65,12 +65,16 @@ class IndexFolder:
     def join(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def temporary(self, base: str) -> tuple[str, int]:
-        """A new, empty temporary file for ``base`` (its name and an O_RDWR descriptor),
-        made with O_EXCL | O_NOFOLLOW: never a file that was there, never through a link."""
-        name = f"{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+    @staticmethod
+    def temporary_name(base: str) -> str:
+        """A name for a temporary file of ``base`` that no one can guess (64 random bits)."""
+        return f"{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+
+    def create(self, name: str) -> int:
+        """A new, empty file ``name`` here, open O_RDWR, made with O_EXCL | O_NOFOLLOW:
+        never a file that was there, never through a link."""
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        return name, os.open(name, flags, 0o600, dir_fd=self.fd)
+        return os.open(name, flags, 0o600, dir_fd=self.fd)
 
     def remove_stale(self, base: str) -> None:
         """Remove what killed recorders of ``base`` left here: only regular files of this
@@ -97,9 +101,12 @@ class IndexFolder:
         os.replace(name, final, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         os.fsync(self.fd)
 
-    def unlink(self, name: str) -> None:
+    def unlink_own(self, name: str, fd: int) -> None:
+        """Remove ``name`` from this folder if it is still the file ``fd`` holds (a file
+        made here with :meth:`create`); anything else found under that name stays."""
         try:
-            os.unlink(name, dir_fd=self.fd)
+            if _identity(os.lstat(name, dir_fd=self.fd)) == _identity(os.fstat(fd)):
+                os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
             pass
 

@@ -123,6 +123,21 @@ def test_stale_temporary_cleanup_never_removes_what_it_did_not_create(nobodys_sr
     assert not mine.exists()
 
 
+@pytest.mark.index
+def test_a_failed_start_never_removes_a_file_found_under_the_temporary_name(tmp_path, monkeypatch):
+    """Should the unguessable name be taken after all, the writer fails and leaves that file."""
+    from tartapefs import TartapeError
+    from tartapefs.index import IndexWriter
+    from tartapefs.indexdir import IndexFolder
+
+    taken = tmp_path / "index.db.1.0123456789abcdef.tmp"
+    taken.write_bytes(PRECIOUS)
+    monkeypatch.setattr(IndexFolder, "temporary_name", staticmethod(lambda base: taken.name))
+    with pytest.raises(TartapeError, match="cannot create the index"):
+        IndexWriter(str(tmp_path / "index.db"))
+    assert taken.read_bytes() == PRECIOUS and sorted(os.listdir(tmp_path)) == [taken.name]
+
+
 # --- finding 2: an index planted by the owner of SRC -----------------------------------------------
 
 
