@@ -7,7 +7,6 @@ Every error a user can cause ends as one line on stderr and a non-zero exit:
 from __future__ import annotations
 
 import argparse
-import datetime
 import fcntl
 import os
 import stat
@@ -17,7 +16,7 @@ from contextlib import closing
 
 from typing import TYPE_CHECKING
 
-from . import __version__, extract, native
+from . import __version__, extract
 from . import format as fmt
 from .errors import IndexCorruptError, SourceUnreadableError, UsageError, counted, show_path
 from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
@@ -41,10 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+class _Version(argparse.Action):
+    """``--version``: the C extension is loaded only to say whether it runs (not at start-up)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from . import native
+
+        print(f"tartape {__version__}; per-member loops: {native.ACTIVE}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tartape", description="A folder as a TAR archive that is never written.")
-    parser.add_argument("--version", action="version",
-                        version=f"tartape {__version__}; per-member loops: {native.ACTIVE}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and which per-member loops run")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def command(name: str, run, help: str, several: bool = True) -> argparse.ArgumentParser:
@@ -410,6 +418,8 @@ def _info(args) -> int:
 
 def _utc(seconds: int) -> str:
     """``2026-11-29 20:46:29 UTC (1795898789)``: the date, and the raw epoch seconds."""
+    import datetime
+
     try:
         when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     except (OverflowError, OSError, ValueError):  # past year 9999

@@ -28,7 +28,6 @@ import errno
 import io
 import os
 import re
-import secrets
 import sys
 import tarfile
 from collections.abc import Callable
@@ -209,7 +208,7 @@ class Extractor:
 
     def _replace(self, parent: int, parts: tuple[bytes, ...], make: Callable[[bytes], None]) -> None:
         """``make(tmp)`` a new entry under a fresh name, then rename it over ``parts[-1]``."""
-        tmp = b".tartape-%s.part" % secrets.token_hex(8).encode()
+        tmp = b".tartape-%s.part" % os.urandom(8).hex().encode()
         try:
             make(tmp)
             os.rename(tmp, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import re
 import select
-import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .age import Recipient
 from .errors import TartapeError, UsageError, counted, show_path
+
+if TYPE_CHECKING:
+    from .age import Recipient
+
+# Every command imports this module first: what only the daemon uses (syslog, systemd's
+# socket) is imported where it is used, so a short command such as `extract` starts quickly.
 
 log = logging.getLogger("tartapefs.mount")
 
@@ -244,7 +247,9 @@ def detach_stdio(prog: str, mnt: str, log_file: str | None) -> None:
         root = logging.getLogger()
         handler: logging.Handler
         if os.path.exists("/dev/log"):
-            handler = logging.handlers.SysLogHandler("/dev/log")
+            from logging.handlers import SysLogHandler
+
+            handler = SysLogHandler("/dev/log")
             handler.setFormatter(logging.Formatter(_log_format(prog, mnt)))
         else:
             path = default_log_path(mnt)
@@ -270,6 +275,8 @@ def sd_notify(state: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract socket namespace
+    import socket
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
@@ -278,13 +285,13 @@ def sd_notify(state: str) -> None:
         log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], err)
 
 
-@dataclass
 class Readiness:
     """Tells whoever waits for the mount (background parent, systemd) that it
     is usable, or why it never will be."""
 
-    ready_fd: int | None
-    prog: str = "tartape-mount"
+    def __init__(self, ready_fd: int | None, prog: str = "tartape-mount") -> None:
+        self.ready_fd = ready_fd
+        self.prog = prog
 
     def ready(self, status: str) -> None:
         sd_notify(f"READY=1\nSTATUS={status}")

@@ -41,11 +41,13 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import format as fmt
 from .errors import ArchiveError
-from .layout import Member
+
+if TYPE_CHECKING:  # the record side's: `tartape extract` reads an index without it
+    from .layout import Member
 
 SUFFIX = b".tarindex.csv"
 COLUMNS = ("name", "size", "header_offset", "body_offset", "type", "mtime")
@@ -132,6 +134,8 @@ def index_header(name: bytes, size: int, newest: int) -> fmt.Header:
 def index_member_at(name: bytes, size: int, offset: int, newest: int, source: bytes = b"") -> Member:
     """The index member of ``size`` CSV bytes at ``offset``: a generated member (its body
     comes from the index, not from a source file); ``source``: its name under the prefix."""
+    from .layout import Member
+
     header = index_header(name, size, newest)
     return Member(header, offset, fmt.header_size(header), source, mtime_ns=header.mtime_ns, generated=True)
 
