@@ -3,8 +3,9 @@ whole tape as a seekable file (``as_file()``), and volumes.
 
 ``play`` is tartapefs' :class:`~tartapefs.stream.TapePlayer` with its events
 turned into tartape's and sent to ``on_event`` / ``observer`` while the bytes
-are yielded. The file objects read with :class:`~tartapefs.reader.TapeReader`:
-true random access, so a seek costs nothing. Only a volume with an observer
+are yielded. The file objects read their window of the tape as the core's
+volumes do (:class:`~tartapefs.bytesource.Slice` of the tape's reader): true
+random access, so a seek costs nothing. Only a volume with an observer
 reads through ``play``, because the observer wants the events.
 
 A volume is a byte slice ``[start, end)`` of the one tape: volume files
@@ -18,8 +19,8 @@ import io
 from collections.abc import Callable, Iterator
 
 from .. import format as fmt
+from ..bytesource import Slice
 from ..errors import UsageError
-from ..reader import TapeReader
 from ..stream import FILE_DATA, FILE_END, FILE_START, TAPE_COMPLETED, TapePlayer
 from ..tape import Tape as CoreTape
 from ._v3_errors import InvalidArgumentError, InvalidOffsetError, SourceNotFoundError, VolumeStateError
@@ -115,7 +116,7 @@ class _Window(io.BufferedIOBase):
         self.checksum_algorithm: str | None = None
         self._pos = 0
         self._open = True
-        self._reader: TapeReader | None = None
+        self._reader: Slice | None = None
         self._stream: Iterator[bytes] | None = None
         self._pending = bytearray()
 
@@ -171,8 +172,8 @@ class _Window(io.BufferedIOBase):
     def _fetch(self, want: int) -> bytes:
         if self.observer is None:
             if self._reader is None:
-                self._reader = TapeReader(self._tape, self._root)
-            return self._reader.read(self.start_offset + self._pos, want)
+                self._reader = self._slice()
+            return self._reader.read(self._pos, want)
         if self._stream is None:
             start = self.start_offset + self._pos
             self._stream = play_bytes(self._tape, self._root, start, self.end_offset, self._chunk,
@@ -185,6 +186,11 @@ class _Window(io.BufferedIOBase):
         data = bytes(self._pending[:want])
         del self._pending[:want]
         return data
+
+    def _slice(self) -> Slice:
+        """The window's bytes as a byte source of their own: the tape's reader, sliced as
+        the core's volumes are (offsets relative to ``start_offset``)."""
+        return Slice(self._tape.reader(self._root), self.start_offset, self.size)
 
     def _drop_stream(self) -> None:
         if self._stream is not None:
@@ -284,12 +290,12 @@ class Volume(_Window):
         name = (algorithm or self.checksum_algorithm or "sha256").lower()
         hasher = new_hash(name)
         try:
-            reader = TapeReader(self._tape, self._root)
+            reader = self._slice()
         except UsageError as err:
             raise SourceNotFoundError(f"{self._root}: cannot read the source folder ({err})") from None
         with reader:
-            for pos in range(self.start_offset, self.end_offset, 1 << 20):
-                hasher.update(reader.read(pos, min(1 << 20, self.end_offset - pos)))
+            for pos in range(0, self.size, 1 << 20):
+                hasher.update(reader.read(pos, 1 << 20))
         self.checksum_algorithm, self._checksum = name, hasher.hexdigest()
         return self._checksum
 
