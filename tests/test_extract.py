@@ -9,6 +9,8 @@ import http.server
 import io
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -292,3 +294,26 @@ def test_a_missing_member_or_archive_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == "tartape: nope*: not found in the archive\n"
     assert main(["extract", str(tmp_path / "none.tar"), "x"]) == 1
     assert "cannot open the archive" in capsys.readouterr().err
+
+
+# What `tartape extract` must not load: the record side, the index and read path of
+# recordings, SQLite, the C extension, and what only the daemon uses. Each costs start-up
+# time on every run of a command that only reads an archive.
+NOT_FOR_EXTRACT = ("tartapefs.record", "tartapefs.index", "tartapefs.layout", "tartapefs.reader",
+                   "tartapefs.tape", "tartapefs.native", "sqlite3", "logging.handlers", "dataclasses",
+                   "secrets", "hashlib", "pyfuse3", "trio")
+
+
+def test_extract_starts_without_the_recording_side(tmp_path):
+    want = memory_archive(tmp_path / "a.tar")
+    (tmp_path / "out").mkdir()
+    code = ("import sys\nfrom tartapefs.cli import main\n"
+            "code = main(['extract', sys.argv[1], 'big.bin', '-C', sys.argv[2]])\n"
+            "print(' '.join(sorted(sys.modules)))\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.tar"), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    check_written(tmp_path / "out", want, ["big.bin"])
+    loaded = done.stdout.split()
+    assert "tartapefs.extract" in loaded and "tarfile" in loaded  # the list is the real one
+    assert [m for m in NOT_FOR_EXTRACT if m in loaded] == []
