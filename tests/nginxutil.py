@@ -34,13 +34,20 @@ class Served:
         self.url = url
         self.log = log
 
-    def requests(self) -> list[tuple[int, int, str]]:
-        """``(status, body bytes sent, Range header)`` of every request logged so far."""
-        rows = []
-        for line in self.log.read_text().splitlines():
-            status, sent, byte_range = line.split(" ", 2)
-            rows.append((int(status), int(sent), byte_range))
-        return rows
+    def requests(self, at_least: int = 0) -> list[tuple[int, int, str]]:
+        """``(status, body bytes sent, Range header)`` of every request logged so far, once
+        they add up to ``at_least`` body bytes (or DEADLINE_S has passed). nginx logs a
+        request when it finalizes it, which may come after its client has read the last
+        byte: without the wait, a test would miss the last request now and then."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            rows = []
+            for line in self.log.read_text().splitlines():
+                status, sent, byte_range = line.split(" ", 2)
+                rows.append((int(status), int(sent), byte_range))
+            if sum(n for _, n, _ in rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
 
 
 @pytest.fixture
