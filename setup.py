@@ -15,7 +15,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["csrc/module.c", "csrc/ustar.c"]
+SOURCES = ["csrc/module.c", "csrc/rows.c", "csrc/serve.c", "csrc/ustar.c"]
 
 
 def source_hash(folder: Path) -> str:
@@ -63,6 +63,7 @@ setup(
             "tartapefs._native",
             sources=SOURCES,
             include_dirs=["csrc"],
+            libraries=["sqlite3"],  # the read loop reads the index itself (csrc/rows.c)
             define_macros=[("TT_SOURCE_HASH", '"%s"' % source_hash(Path(__file__).parent / "csrc"))],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fvisibility=hidden"],

@@ -7,11 +7,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "rows.h"
+#include "serve.h"
 #include "ustar.h"
 
 /* Checked by tartapefs/native.py against its own number: a module built from other
  * sources (a stale build of an editable install) is not used. */
-#define TT_ABI 1
+#define TT_ABI 3
 
 #ifndef TT_SOURCE_HASH /* set by setup.py: the SHA-256 of the sources this build was made from */
 #define TT_SOURCE_HASH ""
@@ -84,8 +86,39 @@ static PyObject *py_header(PyObject *self, PyObject *h)
     return out;
 }
 
+PyDoc_STRVAR(set_openat2_doc,
+"set_openat2(use: bool) -> bool\n\n"
+"Whether folders are opened with openat2 (else one component at a time, as where the kernel\n"
+"lacks it); returns the previous setting. For tests of the fallback.");
+
+static PyObject *py_set_openat2(PyObject *self, PyObject *use)
+{
+    int flag = PyObject_IsTrue(use);
+    if (flag < 0)
+        return NULL;
+    return PyBool_FromLong(tt_set_openat2(flag));
+}
+
+PyDoc_STRVAR(set_read_hook_doc,
+"set_read_hook(hook) -> None\n\n"
+"For tests: hook() is called after each body pread of serve(), before the check that\n"
+"follows it, so that a write between the two is certain; None removes it.");
+
+static PyObject *py_set_read_hook(PyObject *self, PyObject *hook)
+{
+    if (hook != Py_None && !PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError, "set_read_hook(): a callable or None");
+        return NULL;
+    }
+    tt_set_read_hook(hook);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"header", py_header, METH_O, header_doc},
+    {"serve", (PyCFunction)(void (*)(void))tt_serve, METH_FASTCALL, tt_serve_doc},
+    {"set_openat2", py_set_openat2, METH_O, set_openat2_doc},
+    {"set_read_hook", py_set_read_hook, METH_O, set_read_hook_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -102,7 +135,16 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "ABI", TT_ABI) < 0 || PyModule_AddStringConstant(m, "SOURCE_HASH", TT_SOURCE_HASH) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", TT_ABI) < 0 || PyModule_AddStringConstant(m, "SOURCE_HASH", TT_SOURCE_HASH) < 0
+        || PyModule_AddStringConstant(m, "ROW_COLUMNS", tt_row_columns) < 0
+        || PyModule_AddIntConstant(m, "WHY_PYTHON", TT_WHY_PYTHON) < 0
+        || PyModule_AddIntConstant(m, "WHY_OPEN", TT_WHY_OPEN) < 0
+        || PyModule_AddIntConstant(m, "WHY_CHANGED", TT_WHY_CHANGED) < 0
+        || PyModule_AddIntConstant(m, "WHY_READ", TT_WHY_READ) < 0
+        || PyModule_AddIntConstant(m, "WHY_ERROR", TT_WHY_ERROR) < 0
+        || PyModule_AddIntConstant(m, "WHY_INDEX", TT_WHY_INDEX) < 0
+        || PyModule_AddIntConstant(m, "WHY_QUERY", TT_WHY_QUERY) < 0
+        || PyType_Ready(&tt_rows_type) < 0 || PyModule_AddObjectRef(m, "Rows", (PyObject *)&tt_rows_type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

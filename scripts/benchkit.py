@@ -141,9 +141,14 @@ def timed_shell(cmd: str) -> float:
     return time.perf_counter() - t0
 
 
-def py_child(python: Path, code: str, *args: str) -> dict:
+#: The environment that makes tartapefs run its pure-Python path (README: "Compiled and
+#: pure-Python paths"); figures taken on both paths show what the C extension changes.
+PURE_ENV = {**os.environ, "TARTAPEFS_PURE": "1"}
+
+
+def py_child(python: Path, code: str, *args: str, env: dict | None = None) -> dict:
     """Runs `code` in another interpreter; it prints one JSON object as its last line."""
-    out = run([str(python), "-c", code, *args], stdout=subprocess.PIPE, text=True).stdout
+    out = run([str(python), "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -226,12 +231,14 @@ class Mounted:
 
 @contextlib.contextmanager
 def tape_mount(src: Path, index: Path, mnt: Path, direct_io: bool = False,
-               options: tuple[str, ...] = (), name: str = "dataset.tar") -> Iterator[Mounted]:
-    """`tartape-mount` with `options` added; `name` is the file it serves."""
+               options: tuple[str, ...] = (), name: str = "dataset.tar",
+               env: dict | None = None) -> Iterator[Mounted]:
+    """`tartape-mount` with `options` added; `name` is the file it serves; the daemon
+    inherits `env` (PURE_ENV: the pure-Python path)."""
     mnt.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     run([str(MOUNT_CMD), str(src), str(mnt), "--index", str(index),
-         *(["--direct-io"] if direct_io else []), *options])
+         *(["--direct-io"] if direct_io else []), *options], env=env)
     seconds = time.perf_counter() - t0
     pid = None
     try:

@@ -51,7 +51,8 @@ _CODE_KIND[_GENERATED] = fmt.FILE
 INDEX_MEMBER = "index_member"
 RATARMOUNT_INDEX = "ratarmount_index"
 PART = 1 << 20
-_COLUMNS = (
+#: The columns of a member row, in the order the code reads them (csrc/rows.h too).
+ROW_COLUMNS = _COLUMNS = (
     "offset, header_size, kind, source, size, mode, mtime_s, mtime_nsec, linkname, ino, dev, ctime_ns, uid, gid, "
     "uname, gname"
 )
@@ -64,6 +65,15 @@ _CRC_AT = 60
 _CHUNK = 1 << 20
 _SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _REQUIRED_META = ("format_version", "member_count", "tape_count", "source_root", "prefix")
+# The rows of one read request: from the member before the one holding the first offset (when
+# the tape has one: a reader checks that the next continues it) to the last one starting before
+# the stop. Parameters: tape start, first offset, tape start, stop (global), limit. Run by
+# Index.rows_between, and by the compiled read loop on its own connection (Index.native_rows).
+_ROWS_SQL = (
+    f"SELECT {_COLUMNS} FROM members WHERE offset >= coalesce((SELECT max(offset) FROM members "
+    "WHERE offset >= ? AND offset < (SELECT max(offset) FROM members WHERE offset <= ?)), ?) "
+    "AND offset < ? ORDER BY offset LIMIT ?"
+)
 _TAPE_COLUMNS = "number, name, start, total_size, member_count, fingerprint, mtime, nsamples, index_member"
 # The encryption table's columns: the state's own keys (EncryptionState.to_meta) without their prefix.
 _STATE_COLUMNS = ("recipients", "file_key", "payload_nonce", "header")
@@ -90,12 +100,14 @@ class Index:
 
     def __init__(self, path: str, trusted_only: bool = False) -> None:
         self.path = path
+        self.native_rows = None
         fd = open_regular(path, trusted_only)
         try:
             self._db = self._connect(fd, trusted_only)
             try:
                 self.meta = self._checked_meta()
                 _check_crc(path, fd)
+                self.native_rows = self._native_rows(fd, trusted_only)
             except BaseException:
                 self._close_quietly()
                 raise
@@ -107,13 +119,7 @@ class Index:
     def _connect(self, fd: int, trusted_only: bool) -> sqlite3.Connection:
         """A connection to the very file ``fd`` holds open (the one checked)."""
         path = self.path
-        # immutable=1: an index is never changed in place (a new one is renamed
-        # over it), so SQLite may skip locking; this connection keeps reading
-        # the file it opened even after such a rename. An index of ours is opened
-        # read-write (never written: query_only), so that a FIFO swapped into its
-        # path before SQLite's open cannot block it.
-        mode = "rw" if trusted_only else "ro"
-        uri = "file:%s?mode=%s&immutable=1" % (urllib.parse.quote(os.path.abspath(path)), mode)
+        uri = self._uri(trusted_only)
         try:
             db = connect_checked(lambda: sqlite3.connect(uri, uri=True, check_same_thread=False), fd)
             if db is not None:
@@ -123,6 +129,31 @@ class Index:
         if db is None:  # renamed over between our open and SQLite's: never mix the two
             raise IndexCorruptError(f"{path}: replaced while it was being opened (recorded again?); try again")
         return db
+
+    def _uri(self, trusted_only: bool) -> str:
+        # immutable=1: an index is never changed in place (a new one is renamed
+        # over it), so SQLite may skip locking; a connection keeps reading
+        # the file it opened even after such a rename. An index of ours is opened
+        # read-write (never written: query_only), so that a FIFO swapped into its
+        # path before SQLite's open cannot block it.
+        mode = "rw" if trusted_only else "ro"
+        return "file:%s?mode=%s&immutable=1" % (urllib.parse.quote(os.path.abspath(self.path)), mode)
+
+    def _native_rows(self, fd: int, trusted_only: bool):
+        """The compiled read loop's own connection to the very file ``fd`` holds open
+        (``tartapefs._native.Rows``: a request's rows read in C, without the GIL), opened as
+        this index's own connection is, or None: on the pure-Python path, or when the name
+        no longer leads to that file (the loop is then given Python's rows, from the
+        connection made to the file checked)."""
+        from . import native  # not at the top: native checks ROW_COLUMNS against this module
+
+        if native.module is None:
+            return None
+        uri = self._uri(trusted_only)
+        try:
+            return connect_checked(lambda: native.module.Rows(uri, _ROWS_SQL), fd)
+        except OSError:
+            return None
 
     def _checked_meta(self) -> dict:
         path = self.path
@@ -260,6 +291,15 @@ class Index:
         )
         return self._members(rows, base)
 
+    def rows_between(self, offset: int, stop: int, base: int = 0) -> list[tuple]:
+        """The rows (``ROW_COLUMNS``) the compiled read path serves ``[offset, stop)`` from
+        (tape offsets, the tape starting at ``base``; stop before its footer): from the member
+        before the one holding ``offset``, when there is one, to the last one starting before
+        ``stop``, unchecked (:meth:`members` checks them). At most one row per 512 bytes of
+        the range and two more (no member is shorter), so a damaged index cannot make the
+        list outgrow the request."""
+        return self._query(_ROWS_SQL, (base, offset + base, base, stop + base, (stop - offset) // fmt.BLOCK + 3))
+
     def iter_members(self, start: int = 0, base: int = 0, end: int | None = None,
                      batch: int = 2048) -> Iterator[Member]:
         """Every member from the one holding byte ``start`` to ``end``, in order (offsets from ``base``)."""
@@ -300,6 +340,8 @@ class Index:
 
     def close(self) -> None:
         self._db.close()
+        if self.native_rows is not None:
+            self.native_rows.close()
 
     # -- internals -------------------------------------------------------
 
@@ -310,6 +352,10 @@ class Index:
             raise UsageError(f"{self.path}: the tape was closed") from None
         except sqlite3.DatabaseError as err:
             raise IndexCorruptError(f"{self.path}: damaged index ({err})") from None
+
+    def members(self, rows: list[tuple], base: int = 0) -> list[Member]:
+        """Rows of :meth:`rows_between` -> members, checked (IndexCorruptError)."""
+        return self._members(rows, base)
 
     def _members(self, rows: list[tuple], base: int = 0) -> list[Member]:
         """Rows -> members, every row checked as it is read, in O(1) each: a damaged or
@@ -364,6 +410,8 @@ class Index:
             self._db.close()
         except (AttributeError, sqlite3.Error):
             pass
+        if self.native_rows is not None:
+            self.native_rows.close()
 
 
 class IndexWriter:
@@ -599,6 +647,17 @@ class TapeRows:
 
     def window(self, offset: int, limit: int) -> list[Member]:
         return self.index.window(offset, limit, self.start, self.end)
+
+    def rows_between(self, offset: int, stop: int) -> list[tuple]:
+        return self.index.rows_between(offset, stop, self.start)
+
+    def members(self, rows: list[tuple]) -> list[Member]:
+        return self.index.members(rows, self.start)
+
+    @property
+    def native_rows(self):
+        """The recording's connection of the compiled read loop (Index.native_rows), or None."""
+        return self.index.native_rows
 
     def iter_members(self, start: int = 0) -> Iterator[Member]:
         return self.index.iter_members(start, self.start, self.end)

@@ -15,7 +15,7 @@ from types import ModuleType
 
 #: The interface number the Python code expects of the extension (csrc/module.c,
 #: TT_ABI); a build of other sources, as a stale in-place build can be, is not used.
-ABI = 1
+ABI = 3
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -25,7 +25,9 @@ def _load() -> tuple[ModuleType | None, str]:
         from . import _native
     except ImportError:
         return None, "pure Python (the C extension is not built)"
-    if getattr(_native, "ABI", None) != ABI:
+    from .index import ROW_COLUMNS
+
+    if getattr(_native, "ABI", None) != ABI or _native.ROW_COLUMNS != ROW_COLUMNS:
         return None, "pure Python (the C extension is out of date: reinstall tartapefs)"
     return _native, "compiled (C extension)"
 

@@ -16,6 +16,15 @@ source files, padding and footer are zeros. Theory of operation:
   size, mtime in ns and permission bits. A short ``pread`` is a failure too.
   Any mismatch raises :class:`SourceChangedError` naming the member; no other
   bytes are ever returned in their place.
+* On the compiled path (tartapefs.native) one C call serves a whole request:
+  the plain files and folders in it, with the same checks (the Python code
+  below is its reference), and hands every other member back to
+  :meth:`TapeReader._handback`, which serves it here. A file that fails a check
+  in C comes back with what C saw (the errno, or the file's stat), and the
+  error is made here from it by the same functions the pure-Python path uses:
+  same type, same message. Anything wrong with the index in the request's range
+  (a row out of place or unreadable) sends the whole request to the pure-Python
+  path, whose checks say what is wrong.
 * No descriptor outlives the call that opened it: every read opens its files
   afresh (about 5 us, against ~100 us for a FUSE request). So a file deleted,
   replaced or moved out of the tree after an earlier read fails exactly as it
@@ -36,6 +45,7 @@ import ctypes
 import errno
 import os
 import stat
+from typing import NamedTuple
 
 from . import format as fmt
 from . import native
@@ -73,6 +83,7 @@ class TapeReader:
         self._tail = self._footer if index_offset is None else index_offset
         self._generated: Member | None = None
         self._encode_header = header_encoder()
+        self._c = native.module  # None: the pure-Python path
         self._index = tape.index  # the tape's own: the recording it opened
         root = source_root or tape.source_root
         try:
@@ -84,11 +95,20 @@ class TapeReader:
         self._window_end = 0
         self._cursor = -1  # index in the window of the member last served
         self._last_end = -1  # where the member the last read ended in ends
-        # The members whose bytes the last read() returned, in tape order: a caller cutting
-        # the bytes at member boundaries (the stream) needs them and need not look them up.
-        self.served: list[Member] = []
+        self._served: list[Member] | None = []
+        self._rows: list[tuple] | None = None  # compiled path: Python's rows of the last read, once made
+        self._last = (0, 0)  # compiled path: the last read's range of tape offsets before the footer
 
     # -- public ----------------------------------------------------------
+
+    @property
+    def served(self) -> list[Member]:
+        """The members whose bytes the last read() returned, in tape order: a caller cutting
+        the bytes at member boundaries (the stream) needs them and need not look them up."""
+        if self._served is None:  # the compiled path: made only when asked
+            offset = self._last[0]
+            self._served = [m for m in self._index.members(self._python_rows()) if m.end > offset]
+        return self._served
 
     def read(self, offset: int, size: int) -> bytes:
         """Exactly ``min(size, total_size - offset)`` bytes from ``offset`` (b"" at or past the end).
@@ -100,9 +120,16 @@ class TapeReader:
         if offset < 0 or size < 0:
             raise UsageError(f"read: negative offset or size ({offset}, {size})")
         end = min(offset + size, self.total_size)
+        # The compiled loop serves source members and the footer; a request reaching a
+        # generated index member is served here (the last few requests of such a tape).
+        if self._c is not None and offset < end and (end <= self._tail or self._tail == self._footer):
+            try:
+                return self._read_compiled(offset, end)
+            except _ToPython:
+                pass  # a damaged index: the pure-Python path's checks say what is wrong
         parts: list[bytes] = []
         served: list[Member] = []
-        self.served = served
+        self._served = served
         pos = offset
         member_end = -1
         if offset != self._last_end:
@@ -129,21 +156,8 @@ class TapeReader:
                     pos = member_end
                     continue
                 stop = min(end, member_end)
-                fd = self._checked_fd(m, folders) if header.kind == fmt.FILE else -1
-                try:
-                    if pos < body_offset:
-                        parts.append(self._header_bytes(m)[pos - m.offset : min(stop, body_offset) - m.offset])
-                        pos = body_offset
-                    if pos < stop and pos < body_end:
-                        n = min(stop, body_end) - pos
-                        parts.append(self._pread(m, fd, n, pos - body_offset))
-                        pos += n
-                    if pos < stop:
-                        parts.append(bytes(stop - pos))
-                        pos = stop
-                finally:
-                    if fd >= 0:
-                        os.close(fd)
+                self._member_part(m, pos, stop, folders, parts)
+                pos = stop
         finally:
             folders.close()
         self._last_end = member_end
@@ -177,6 +191,82 @@ class TapeReader:
                 raise self._damaged(f"no index member at offset {self._tail}, where the tape says")
             m = self._generated = found[0]
         return m
+
+    def _member_part(self, m: Member, pos: int, stop: int, folders: _Folders, parts: list[bytes]) -> None:
+        """Bytes ``[pos, stop)`` of member ``m`` (within it) appended to ``parts``."""
+        body_offset = m.offset + m.header_size
+        body_end = body_offset + m.header.size
+        fd = self._checked_fd(m, folders) if m.header.kind == fmt.FILE else -1
+        try:
+            if pos < body_offset:
+                parts.append(self._header_bytes(m)[pos - m.offset : min(stop, body_offset) - m.offset])
+                pos = body_offset
+            if pos < stop and pos < body_end:
+                n = min(stop, body_end) - pos
+                parts.append(self._pread(m, fd, n, pos - body_offset))
+                pos += n
+            if pos < stop:
+                parts.append(bytes(stop - pos))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    # -- the compiled path -------------------------------------------------
+
+    def _read_compiled(self, offset: int, end: int) -> bytes:
+        """One C call for the request (csrc/serve.c). Its rows are read in C when the
+        recording has the loop's own connection to its index, else Python's are passed;
+        both from the member before the one holding ``offset`` (to check that it continues
+        it), as the pure path's windows."""
+        self._last_end = -1  # the pure path, if it reads next, checks where it starts
+        self._served = None
+        self._last = (offset, min(end, self._footer))
+        rows = self._index.native_rows
+        self._rows = None
+        if rows is None:
+            rows = self._python_rows()
+        return self._c.serve(self._root_fd, self.tape.prefix, rows, self._index.start, offset, end,
+                             self._footer, self._handback)
+
+    def _python_rows(self) -> list[tuple]:
+        """Python's rows of the last compiled read (the same statement the C loop runs)."""
+        if self._rows is None:
+            offset, stop = self._last
+            self._rows = self._index.rows_between(offset, stop) if offset < stop else []
+        return self._rows
+
+    def _handback(self, i: int, pos: int, stop: int, why: int, detail) -> bytes:
+        """Bytes ``[pos, stop)`` of the last read's row ``i``, for the compiled loop, or the
+        error the pure-Python path raises for what the loop saw (csrc/serve.h: TT_WHY_*)."""
+        c = self._c
+        if why in (c.WHY_INDEX, c.WHY_QUERY):
+            raise _ToPython
+        try:
+            (m,) = self._index.members([self._python_rows()[i]])
+        except IndexCorruptError:
+            raise _ToPython from None
+        if why == c.WHY_OPEN:
+            raise _open_error(m, OSError(detail, os.strerror(detail)))
+        if why == c.WHY_ERROR:
+            raise OSError(detail, os.strerror(detail))
+        if why == c.WHY_CHANGED:
+            raise SourceChangedError(m.display_name, _mismatch(m, _Stat(*detail), is_file=True))
+        if why == c.WHY_READ:
+            *st, got, size, start = detail
+            raise _changed_while_read(m, _Stat(*st), got, size, start)
+        parts: list[bytes] = []
+        folders = _Folders(self._root_fd)
+        try:  # as the pure-Python loop serves it
+            if pos == m.offset and stop == m.end:
+                self._whole_member(m, folders, parts)
+            else:
+                self._member_part(m, pos, stop, folders, parts)
+        finally:
+            folders.close()
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) != stop - pos:
+            raise _ToPython  # a row whose bytes do not add up (a folder given a size...)
+        return data
 
     def _whole_member(self, m: Member, folders: _Folders, parts: list[bytes]) -> None:
         size = m.header.size
@@ -255,10 +345,7 @@ class TapeReader:
         data = os.pread(fd, size, start)
         st = os.fstat(fd)
         if len(data) != size or st.st_ctime_ns != m.ctime_ns or st.st_mtime_ns != m.mtime_ns or st.st_size != m.header.size:
-            short = f"short read: {len(data)} of {size} bytes at body offset {start}"
-            raise SourceChangedError(
-                m.display_name, f"changed while being read: {_mismatch(m, st, is_file=True) or short}"
-            )
+            raise _changed_while_read(m, st, len(data), size, start)
         return data
 
     def check(self, m: Member) -> str | None:
@@ -432,6 +519,37 @@ def _mismatch(m: Member, st: os.stat_result, is_file: bool) -> str | None:
         # that got the freed inode number, or its attributes (links, owner, xattrs) changed.
         return f"rewritten or its metadata changed (ctime {m.ctime_ns} -> {st.st_ctime_ns} ns)"
     return None
+
+
+class _ToPython(Exception):
+    """The compiled loop met a damaged index: the request is made again by the pure-Python
+    path, whose checks raise the error (never seen outside this module)."""
+
+
+class _Stat(NamedTuple):
+    """What the compiled loop saw of a file that failed its check (csrc/serve.c, detail()),
+    as the stat fields _mismatch reads."""
+
+    st_mode: int
+    st_ino: int
+    st_size: int
+    mtime_s: int
+    mtime_nsec: int
+    ctime_s: int
+    ctime_nsec: int
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return self.mtime_s * 1_000_000_000 + self.mtime_nsec
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.ctime_s * 1_000_000_000 + self.ctime_nsec
+
+
+def _changed_while_read(m: Member, st, got: int, size: int, start: int) -> SourceChangedError:
+    short = f"short read: {got} of {size} bytes at body offset {start}"
+    return SourceChangedError(m.display_name, f"changed while being read: {_mismatch(m, st, is_file=True) or short}")
 
 
 def _open_error(m: Member, err: OSError) -> SourceError:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mountutil import CAN_MOUNT, Mounts
+from mutations import arm_race, disarm_race
 from trees import HardTree, archive_of, build_hard_tree, build_report_tree, build_small_tree, record, scratch_dir
 
 
@@ -146,11 +147,22 @@ def world_mounts(world_dir: Path):
 def hot_path(request, monkeypatch):
     """Runs a test once on each path of the per-member loops (tartapefs.native): the
     pure-Python reference, and the C extension (skipped where it is not in use). Readers and
-    recorders choose their path when they are made, so the test's own objects follow it."""
+    recorders choose their path when they are made, so the test's own objects follow it, and
+    so do the programs it starts (TARTAPEFS_PURE in their environment)."""
     from tartapefs import native
 
     if request.param == "pure":
         monkeypatch.setattr(native, "module", None)
+        monkeypatch.setenv("TARTAPEFS_PURE", "1")
     elif native.module is None:
         pytest.skip(f"the C extension is not in use: {native.ACTIVE}")
     return request.param
+
+
+@pytest.fixture
+def during_read(hot_path, monkeypatch):
+    """``during_read(action)``: ``action()`` runs between a file's check and the check after
+    its bytes are read (see arm_race), on the path the test runs on."""
+    yield lambda action: arm_race(hot_path == "compiled", action, monkeypatch)
+    if hot_path == "compiled":
+        disarm_race()

@@ -1,4 +1,5 @@
-"""Every way a recorded source can change underneath a tape, as functions.
+"""Every way a recorded source can change underneath a tape, as functions (and, last, a
+change made certain to land while a file is being read).
 
 Each takes the source root (a tree from ``trees.build_small_tree``, possibly with more
 entries) and a folder outside it on the same file system, changes the source, and returns
@@ -106,3 +107,27 @@ def file_replaced_by_hard_link_to_outside(root: Path, outside: Path) -> tuple[st
 MUTATIONS = [grow, shrink, truncate_to_zero, replace_same_size_and_mtime, delete, touch, chmod,
              file_moved_out_and_symlinked, dir_swapped_for_symlink_to_a_copy, dir_moved_out_and_symlinked,
              file_replaced_by_hard_link_to_outside]
+
+
+def arm_race(compiled: bool, action, monkeypatch) -> None:
+    """Make ``action()`` run while a reader reads a file's bytes: after the file's first check,
+    before the check after its read. Pure path: os.pread wrapped (monkeypatch undoes it);
+    compiled path: the extension's read hook (disarm_race removes it)."""
+    from tartapefs import native
+
+    if compiled:
+        native.module.set_read_hook(action)
+        return
+    real_pread = os.pread
+
+    def racing_pread(fd: int, size: int, offset: int) -> bytes:
+        action()
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", racing_pread)
+
+
+def disarm_race() -> None:
+    from tartapefs import _native
+
+    _native.set_read_hook(None)

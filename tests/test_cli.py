@@ -24,11 +24,15 @@ from trees import archive_of, build_small_tree, content
 pytestmark = pytest.mark.index
 
 TARTAPE = Path(sys.executable).parent / "tartape"
-UTF8 = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
+
+
+def utf8() -> dict[str, str]:
+    """The environment of this test (hot_path may have set TARTAPEFS_PURE), in a UTF-8 locale."""
+    return {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
 
 
 def tartape(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([TARTAPE, *map(os.fsencode, args)], capture_output=True, env=env or UTF8)
+    return subprocess.run([TARTAPE, *map(os.fsencode, args)], capture_output=True, env=env or utf8())
 
 
 def ok(*args: str | Path, env: dict | None = None) -> bytes:
@@ -67,12 +71,14 @@ def test_record_writes_the_index_inside_the_source_and_reports_it(small_tree):
     assert f"{tape.member_count} members" in out and str(tape.total_size) in out
 
 
+@pytest.mark.usefixtures("hot_path")
 def test_stream_writes_the_archive_to_stdout(recorded):
     src, tape, archive = recorded
     assert ok("stream", src) == archive
     assert "data/sub/c.txt" in names_in(archive)
 
 
+@pytest.mark.usefixtures("hot_path")
 def test_stream_records_first_when_there_is_no_index(small_tree):
     data = ok("stream", small_tree)
     assert data == archive_of(Tape.discover(str(small_tree)))
@@ -80,6 +86,7 @@ def test_stream_records_first_when_there_is_no_index(small_tree):
 
 
 @pytest.mark.parametrize("where", [0, 1, 511, 512, 513, -1024, -1, "end"])
+@pytest.mark.usefixtures("hot_path")
 def test_stream_from_a_start_offset_resumes_at_that_byte(recorded, where, tmp_path):
     src, tape, archive = recorded
     k = tape.total_size if where == "end" else where % tape.total_size
@@ -190,6 +197,7 @@ def test_record_warns_about_a_fifo_and_leaves_it_out(small_tree):
     assert "data/pipe" not in names_in(ok("stream", small_tree))
 
 
+@pytest.mark.usefixtures("hot_path")
 def test_stream_of_a_changed_source_fails_naming_the_member_and_leaves_no_file(recorded, tmp_path):
     src, _, archive = recorded
     os.truncate(src / "sub" / "c.txt", 10)
@@ -201,10 +209,11 @@ def test_stream_of_a_changed_source_fails_naming_the_member_and_leaves_no_file(r
     assert list(tmp_path.glob("out.tar*")) == []
 
 
+@pytest.mark.usefixtures("hot_path")
 def test_stream_into_a_pipe_closed_early_ends_quietly(hard_tree, hard_tape):
     proc = subprocess.run(f"'{TARTAPE}' stream '{hard_tree.root}' | head -c 100 >/dev/null; "
                           "echo ${PIPESTATUS[0]} >&2", shell=True, executable="/bin/bash",
-                          capture_output=True, env=UTF8)
+                          capture_output=True, env=utf8())
     assert b"Traceback" not in proc.stderr and proc.stderr.split()[-1] in (b"0", b"141")
 
 
@@ -216,7 +225,7 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_as_unix_tools_end(
     os.close(read_end)  # the reader is gone before the first byte
     try:
         proc = subprocess.run([TARTAPE, command, hard_tree.root], stdout=write_end, stderr=subprocess.PIPE,
-                              env=UTF8)
+                              env=utf8())
     finally:
         os.close(write_end)
     assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
@@ -227,7 +236,7 @@ def test_stream_refuses_to_write_the_archive_to_a_terminal(recorded):
     src = recorded[0]
     controller, terminal = pty.openpty()
     try:
-        proc = subprocess.run([TARTAPE, "stream", src], stdout=terminal, stderr=subprocess.PIPE, env=UTF8)
+        proc = subprocess.run([TARTAPE, "stream", src], stdout=terminal, stderr=subprocess.PIPE, env=utf8())
         os.set_blocking(controller, False)
         try:
             shown = os.read(controller, 1 << 16)

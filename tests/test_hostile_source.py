@@ -73,6 +73,7 @@ def fifo_swapped(tmp_path):
 
 
 @pytest.mark.index
+@pytest.mark.usefixtures("hot_path")  # the reading child inherits the path
 def test_a_fifo_in_place_of_a_source_file_fails_that_member_and_never_hangs(fifo_swapped):
     src, tape = fifo_swapped
     got = read_member(tape, "data/a.txt")
@@ -132,6 +133,7 @@ def leased(world_dir):
 
 @pytest.mark.index
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.usefixtures("hot_path")  # the reading child inherits the path
 def test_a_write_lease_on_a_source_file_fails_that_member_at_once(leased):
     src, tape, _ = leased
     got = read_member(tape, "data/a.txt")
@@ -192,6 +194,7 @@ def stat_mode(st: os.stat_result) -> int:
 @pytest.mark.parametrize("attack", [rewrite_in_place_and_restore_mtime, recreate_with_the_same_inode],
                          ids=lambda f: f.__name__)
 @pytest.mark.index
+@pytest.mark.usefixtures("hot_path")  # the reading child inherits the path
 def test_a_file_changed_behind_the_same_inode_size_and_mtime_is_not_served(tmp_path, attack):
     src = build_small_tree(tmp_path)
     tape = record(src)
@@ -211,26 +214,24 @@ def test_a_file_changed_behind_the_same_inode_size_and_mtime_is_not_served(tmp_p
 
 @pytest.mark.index
 @pytest.mark.parametrize("whole", [True, False], ids=["whole_member", "body_only"])
-def test_a_write_landing_between_the_check_and_the_read_is_not_served(tmp_path, monkeypatch, whole):
-    """The race made certain: the file is written (and its mtime put back) just before the
-    reader's pread, after its first check passed. The bytes read are new; they must not be
-    served."""
+def test_a_write_landing_between_the_check_and_the_read_is_not_served(tmp_path, during_read, whole):
+    """The race made certain, on both paths of the read loop: the file is written (and its
+    mtime put back) after its first check passed and before the check after its read.
+    Those bytes must not be served."""
     from tartapefs import TapeReader
     from tartapefs.errors import SourceChangedError
 
     src = build_small_tree(tmp_path)
     tape = record(src)
     m = tape.locate("data/a.txt")
-    real_pread = os.pread
     written = []
 
-    def racing_pread(fd: int, size: int, offset: int) -> bytes:
-        if size == m.size and not written:
+    def write_once() -> None:
+        if not written:
             rewrite_in_place_and_restore_mtime(src / "a.txt")
             written.append(True)
-        return real_pread(fd, size, offset)
 
-    monkeypatch.setattr(os, "pread", racing_pread)
+    during_read(write_once)
     offset, size = (m.offset, m.end - m.offset) if whole else (m.body_offset, m.size)
     with TapeReader(tape) as reader:
         try:
