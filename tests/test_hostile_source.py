@@ -86,6 +86,7 @@ def test_a_fifo_in_place_of_a_source_file_fails_that_member_and_never_hangs(fifo
 
 
 @NEEDS_MOUNT
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path
 def test_mount_a_fifo_in_place_of_a_source_file_is_eio_and_the_daemon_keeps_answering(fifo_swapped, mounts):
     src, tape = fifo_swapped
     mount = mounts.foreground(src, None, "--direct-io")
@@ -143,6 +144,7 @@ def test_a_write_lease_on_a_source_file_fails_that_member_at_once(leased):
 
 
 @NEEDS_MOUNT
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path
 def test_mount_a_write_lease_on_a_source_file_is_eio_for_that_member_only_and_logged(leased, mounts):
     src, tape, reference = leased
     mount = mounts.foreground(src, None, "--direct-io")

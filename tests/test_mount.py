@@ -250,6 +250,7 @@ def _locate(src: Path, member: str):
         return tape.locate(member)
 
 
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path
 def test_changed_source_gives_eio_for_that_member_only(mounts, tmp_path):
     src = build_transfer_tree(tmp_path)
     mount = mounts.foreground(src)
@@ -583,6 +584,7 @@ def test_a_user_mounts_reads_and_unmounts_their_own_archive(world_dir):
                 proc.wait()
 
 
+@pytest.mark.usefixtures("hot_path")  # the daemon and the reference stream inherit the path
 def test_hard_tree_through_the_mount(hard_tree, mounts, tmp_path):
     """Every hard corner (long and non-UTF-8 names, hard links, old and far mtimes) read by
     GNU tar through the mount."""
