@@ -4,7 +4,10 @@ Order: depth first, each directory's entries sorted by their name's bytes, a
 directory immediately followed by its contents (as ``tar -cf`` lists them).
 Directories are opened relative to their parent's descriptor with
 ``O_NOFOLLOW``, so the walk never leaves the tree and never hits PATH_MAX,
-however deep the tree is.
+however deep the tree is. Nor does it run out of descriptors: only the deepest
+folders stay open (:func:`_folder_budget`); a shallower one is closed, and opened
+again through its child's ``..`` when the walk climbs back, checked to be the
+very folder it left (as GNU tar records a tree deeper than its open-file limit).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import errno
 import fnmatch
 import logging
 import os
+import resource
 import stat
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -35,6 +39,16 @@ class Entry(NamedTuple):
     kind: str
     st: os.stat_result
     linkname: bytes = b""
+
+
+class _Folder:
+    """A folder being walked: its descriptor (-1 while closed to spare descriptors), its
+    source path, its remaining names in reverse order, and its identity."""
+
+    __slots__ = ("fd", "source", "names", "dev", "ino")
+
+    def __init__(self, fd: int, source: bytes, names: list[bytes], st: os.stat_result) -> None:
+        self.fd, self.source, self.names, self.dev, self.ino = fd, source, names, st.st_dev, st.st_ino
 
 
 class Excluder:
@@ -80,21 +94,25 @@ def walk(
     unreadable: list[bytes] = []
     count = 0
     real_root = os.fsencode(os.path.realpath(root))  # for mount lookups only
-    # (directory fd, its source path, its remaining names in reverse order, its device)
-    stack: list[tuple[int, bytes, list[bytes], int]] = []
+    # The folders from the root down to the current one; only the deepest `budget` are open.
+    stack: list[_Folder] = []
+    budget = _folder_budget()
     try:
         root_st = os.fstat(root_fd)
         yield Entry(b"", fmt.DIR, root_st)
-        stack.append((root_fd, b"", _sorted_names(root_fd, b"", order), root_st.st_dev))
+        stack.append(_Folder(root_fd, b"", _sorted_names(root_fd, b"", order), root_st))
         root_fd = -1  # owned by the stack now
         while stack:
-            dir_fd, dir_source, names, dir_dev = stack[-1]
-            if not names:
+            folder = stack[-1]
+            if not folder.names:
                 stack.pop()
-                os.close(dir_fd)
+                if stack and stack[-1].fd < 0:
+                    _reopen_parent(folder, stack[-1])
+                os.close(folder.fd)
                 continue
-            name = names.pop()
-            source = dir_source + b"/" + name if dir_source else name
+            dir_fd = folder.fd
+            name = folder.names.pop()
+            source = folder.source + b"/" + name if folder.source else name
             if (skip and skip(source)) or (exclude and exclude(source, name)):
                 continue
             try:
@@ -117,7 +135,7 @@ def walk(
                     first_inode[key] = source
                 yield Entry(source, fmt.FILE, st)
             elif stat.S_ISDIR(mode):
-                if st.st_dev != dir_dev and _is_tape_mount(real_root, source):
+                if st.st_dev != folder.dev and _is_tape_mount(real_root, source):
                     # As GNU tar leaves out the archive it writes: reading this
                     # member would make a daemon read its own mount.
                     log.warning("%s: skipped, a tartapefs mount (an archive never holds one)",
@@ -131,7 +149,10 @@ def walk(
                     _unreadable(unreadable, source, err.strerror.lower())
                     continue
                 yield Entry(source, fmt.DIR, st)
-                stack.append((fd, source, _sorted_names(fd, source, order), st.st_dev))
+                stack.append(_Folder(fd, source, _sorted_names(fd, source, order), os.fstat(fd)))
+                if len(stack) > budget and stack[-budget - 1].fd >= 0:
+                    os.close(stack[-budget - 1].fd)  # its names are listed: opened again on the way back
+                    stack[-budget - 1].fd = -1
             elif stat.S_ISLNK(mode):
                 yield Entry(source, fmt.SYMLINK, st, os.readlink(name, dir_fd=dir_fd))
             else:
@@ -148,8 +169,29 @@ def walk(
     finally:
         if root_fd >= 0:
             os.close(root_fd)
-        for fd, *_ in stack:
-            os.close(fd)
+        for folder in stack:
+            if folder.fd >= 0:
+                os.close(folder.fd)
+
+
+def _folder_budget() -> int:
+    """How many folders a walk keeps open: a quarter of the descriptor limit (the rest is
+    for the caller: the index being written, a mount's sources), from 2 to 128."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 128
+    return max(2, min(128, soft // 4))
+
+
+def _reopen_parent(child: _Folder, parent: _Folder) -> None:
+    """Open ``parent`` again through ``child``'s ``..``, refusing in one line (UsageError)
+    when that is no longer the folder the walk came from: one of them was moved meanwhile."""
+    fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (parent.dev, parent.ino):
+        os.close(fd)
+        raise UsageError(f"{show_path(child.source)}: moved while its folder was being recorded; record again")
+    parent.fd = fd
 
 
 def _is_tape_mount(real_root: bytes, source: bytes) -> bool:

@@ -10,6 +10,7 @@ import errno
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from trees import archive_of, build_small_tree, record
 # Reads one member through the library in a child process, so that a hang can be cut short.
 READ_MEMBER = """
 import sys
+import tarfile
 from tartapefs import Tape, TapeReader, TartapeError
 tape = Tape.open(sys.argv[1])
 m = tape.locate(sys.argv[2])
@@ -243,3 +245,54 @@ def test_a_write_landing_between_the_check_and_the_read_is_not_served(tmp_path, 
         else:
             pytest.fail(f"served {got[:8]!r}... written after the check")
     assert written
+
+
+# --- finding 11: a tree deeper than the open-file limit ------------------------------------------
+
+DEPTH = 300
+FD_LIMIT = 256  # GNU tar records a tree DEPTH folders deep with no more descriptors than this
+
+
+def limited(argv: list) -> list:
+    """``argv`` run with at most FD_LIMIT open descriptors, as ``ulimit -n`` sets it."""
+    return ["sh", "-c", f'ulimit -n {FD_LIMIT} && exec "$@"', "limited", *map(str, argv)]
+
+
+def tar_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return [info.name.rstrip("/") for info in tar]
+
+
+@pytest.mark.index
+def test_a_tree_deeper_than_the_open_file_limit_is_recorded_and_streamed_as_gnu_tar_does(tmp_path):
+    chain = Path("chain", *["d"] * DEPTH)
+    (tmp_path / chain).mkdir(parents=True)
+    (tmp_path / chain / "leaf").write_bytes(b"deep\n")
+    src, index, ours, gnu = tmp_path / "chain", tmp_path / "index.db", tmp_path / "ours.tar", tmp_path / "gnu.tar"
+    assert bounded(limited(["tar", "-cf", gnu, "-C", tmp_path, "chain"])).returncode == 0  # the bar
+    for command in (["record", src, "--index", index], ["stream", src, "--index", index, "-o", ours]):
+        done = bounded(limited([*TARTAPE, *command]))
+        assert done.returncode == 0, done.stderr[-400:]
+    assert tar_names(ours) == tar_names(gnu) and len(tar_names(ours)) == DEPTH + 2
+    with tarfile.open(ours) as tar:
+        assert tar.extractfile(str(chain / "leaf")).read() == b"deep\n"
+
+
+@pytest.mark.index
+def test_a_folder_moved_while_a_deep_walk_has_let_its_parent_go_is_refused(tmp_path, monkeypatch):
+    """With two folders open at most, the walk climbs back through each folder's '..': a
+    folder moved meanwhile leads elsewhere, and is refused rather than walked on from there."""
+    from tartapefs import UsageError, scan
+
+    monkeypatch.setattr(scan, "_folder_budget", lambda: 2)
+    src = tmp_path / "src"
+    (src / "a/b/c/d").mkdir(parents=True)
+    (src / "a/b/c/d/f").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    seen = []
+    with pytest.raises(UsageError, match="^a/b: moved while its folder was being recorded"):
+        for entry in scan.walk(str(src)):
+            seen.append(entry.source)
+            if entry.source == b"a/b/c/d/f":
+                os.rename(src / "a/b", tmp_path / "elsewhere/b")
+    assert seen == [b"", b"a", b"a/b", b"a/b/c", b"a/b/c/d", b"a/b/c/d/f"]
