@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, extract
 from . import format as fmt
-from .errors import IndexCorruptError, SourceUnreadableError, UsageError, counted, show_path
+from .errors import IndexCorruptError, SourceUnreadableError, UsageError, counted, show_path, show_text
 from .process import (OneLineParser, Progress, encryption_arguments, log_to_stderr, recipients_of, run_main,
                       size_argument)
 
@@ -386,7 +386,7 @@ def _verify(args) -> int:
                         "served as recorded")
         if found["unreadable"]:
             said.append(f"{counted(found['unreadable'], 'file')} cannot be read by this user")
-        print(f"tartape: {'; '.join(said)}", file=sys.stderr)
+        print(f"tartape: {show_text('; '.join(said))}", file=sys.stderr)
     return 1
 
 

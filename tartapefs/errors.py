@@ -118,12 +118,23 @@ def show_path(path: bytes | str) -> str:
     text = raw.decode("utf-8", "surrogateescape")
     if text.isprintable() and "\\" not in text:
         return text  # the common name: nothing to escape
+    return _escaped(text.replace("\\", "\\\\"))
+
+
+def show_text(text: str) -> str:
+    """``text`` (an error message or a log line, which may hold names) on one line: every
+    control character and undecodable byte escaped as :func:`show_path` escapes it.
+    Backslashes stay as they are: names shown with show_path are already escaped. Every
+    line a program writes to stderr or a log goes through it, so no name, however made,
+    can start a line of its own there."""
+    return text if text.isprintable() else _escaped(text)
+
+
+def _escaped(text: str) -> str:
     out = []
     for ch in text:
         code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch in _NAMED:
+        if ch in _NAMED:
             out.append(_NAMED[ch])
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as surrogateescape keeps it
             out.append("\\x%02x" % (code - 0xDC00))

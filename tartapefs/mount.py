@@ -29,7 +29,7 @@ from typing import NoReturn, Sequence
 from . import __version__
 from .process import OneLineParser, Readiness, encryption_arguments, log_for_mount, recipients_of, size_argument
 from .record import check_sources
-from .errors import UsageError
+from .errors import UsageError, show_path, show_text
 from .mountinfo import FSTYPE, mounted_fstype
 
 log = logging.getLogger("tartapefs.mount")
@@ -342,7 +342,7 @@ def run_in_background(args: argparse.Namespace) -> int:
         child.wait()
         return 1
     status = child.wait()
-    print(f"{PROG}: {args.mountpoint}: daemon exited with status {status} before the mount was ready",
+    print(f"{PROG}: {show_path(args.mountpoint)}: daemon exited with status {status} before the mount was ready",
           file=sys.stderr)
     return 1
 
@@ -351,7 +351,7 @@ def run_in_background(args: argparse.Namespace) -> int:
 
 
 def _die(message: str) -> NoReturn:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {show_text(message)}", file=sys.stderr)
     sys.exit(1)
 
 

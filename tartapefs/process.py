@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import TartapeError, UsageError, counted, show_path
+from .errors import TartapeError, UsageError, counted, show_path, show_text
 
 if TYPE_CHECKING:
     from .age import Recipient
@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), not usage + message."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+        self.exit(2, f"{self.prog}: error: {show_text(message)} (see {self.prog.split()[0]} --help)\n")
 
 
 def parse_size(text: str, option: str) -> int:
@@ -129,11 +129,11 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         os.close(devnull)
         return CLOSED_PIPE_EXIT
     except TartapeError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        print(f"{prog}: {show_text(str(err))}", file=sys.stderr)
         return 1
     except OSError as err:
         where = f"{show_path(err.filename)}: " if err.filename else ""
-        print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"{prog}: {where}{show_text(str(err.strerror or err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -150,10 +150,19 @@ def _stdout_closed() -> bool:
         return False
 
 
+class OneLineFormatter(logging.Formatter):
+    """A log line that stays one line: control characters in its message (a name made to
+    forge a line of the log, say) escaped with :func:`show_text`. A traceback that
+    :meth:`logging.Logger.exception` adds stays as it is, below the line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return show_text(super().formatMessage(record))
+
+
 def log_to_stderr(prog: str, level: str = "INFO") -> None:
     """The command-line program's logging: ``prog: LEVEL: message`` lines on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(f"{prog}: %(levelname)s: %(message)s"))
     root = logging.getLogger("tartapefs")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -187,8 +196,9 @@ class Progress:
 
 
 def _log_format(prog: str, mnt: str) -> str:
-    # Several mounts may log to one place: every line names its mount point.
-    return f"{prog} {mnt}: %(levelname)s %(message)s"
+    # Several mounts may log to one place: every line names its mount point (as a format
+    # string: a % in its name is doubled).
+    return f"{prog} {show_path(mnt).replace('%', '%%')}: %(levelname)s %(message)s"
 
 
 def log_for_mount(prog: str, mnt: str, level: str, log_file: str | None, quiet: bool) -> None:
@@ -197,10 +207,10 @@ def log_for_mount(prog: str, mnt: str, level: str, log_file: str | None, quiet: 
     handler: logging.Handler
     if log_file:
         handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(prog, mnt)))
+        handler.setFormatter(OneLineFormatter("%(asctime)s " + _log_format(prog, mnt)))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_log_format(prog, mnt)))
+        handler.setFormatter(OneLineFormatter(_log_format(prog, mnt)))
         if quiet:
             handler.setLevel(logging.WARNING)
     root = logging.getLogger()
@@ -250,14 +260,14 @@ def detach_stdio(prog: str, mnt: str, log_file: str | None) -> None:
             from logging.handlers import SysLogHandler
 
             handler = SysLogHandler("/dev/log")
-            handler.setFormatter(logging.Formatter(_log_format(prog, mnt)))
+            handler.setFormatter(OneLineFormatter(_log_format(prog, mnt)))
         else:
             path = default_log_path(mnt)
             try:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 prune_logs(os.path.dirname(path))
                 handler = logging.FileHandler(path)
-                handler.setFormatter(logging.Formatter("%(asctime)s " + _log_format(prog, mnt)))
+                handler.setFormatter(OneLineFormatter("%(asctime)s " + _log_format(prog, mnt)))
             except OSError:
                 handler = logging.NullHandler()
         root.handlers[:] = [handler]
@@ -299,8 +309,8 @@ class Readiness:
 
     def failed(self, message: str) -> None:
         if self.ready_fd is None:
-            print(f"{self.prog}: {message}", file=sys.stderr)
-        self._send(f"error {message}\n".encode(errors="backslashreplace"))
+            print(f"{self.prog}: {show_text(message)}", file=sys.stderr)
+        self._send(f"error {show_text(message)}\n".encode())
 
     def _send(self, line: bytes) -> None:
         if self.ready_fd is None:
