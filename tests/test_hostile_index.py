@@ -103,6 +103,7 @@ REFUSED_IN_THE_READ = [gap, overlap]
 
 @pytest.mark.index
 @pytest.mark.parametrize("forge", REFUSED_AT_OPEN + REFUSED_IN_THE_READ, ids=lambda f: f.__name__)
+@pytest.mark.usefixtures("hot_path")  # the commands inherit the path of the read loop
 def test_offsets_that_do_not_add_up_are_a_damaged_index_never_a_loop(recorded, forge):
     src, index = recorded
     forge(index)
@@ -119,6 +120,7 @@ def test_offsets_that_do_not_add_up_are_a_damaged_index_never_a_loop(recorded, f
 
 @pytest.mark.index
 @pytest.mark.parametrize("forge", REFUSED_IN_THE_READ, ids=lambda f: f.__name__)
+@pytest.mark.usefixtures("hot_path")  # the commands inherit the path of the read loop
 def test_a_read_that_starts_at_a_gap_or_an_overlap_fails_too(recorded, forge):
     """Not only a read coming from the member before: one that starts right at the member
     after the damage (a random reader, a resumed copy) must not get its bytes either."""
@@ -139,6 +141,7 @@ def test_a_read_that_starts_at_a_gap_or_an_overlap_fails_too(recorded, forge):
 
 @NEEDS_MOUNT
 @pytest.mark.parametrize("forge", REFUSED_IN_THE_READ, ids=lambda f: f.__name__)
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path of the read loop
 def test_mount_offsets_that_do_not_add_up_are_eio_logged_once_and_the_daemon_answers(recorded, mounts, forge):
     src, index = recorded
     forge(index)
@@ -179,6 +182,7 @@ def test_a_prefix_that_is_absolute_or_climbs_is_refused_at_open(recorded, prefix
 
 @pytest.mark.index
 @pytest.mark.parametrize("source", [b"../../etc/passwd", b"/etc/passwd", b"sub/../../x", b"a.txt\0x"], ids=repr)
+@pytest.mark.usefixtures("hot_path")  # the commands inherit the path of the read loop
 def test_a_member_name_that_is_absolute_or_climbs_is_never_listed_or_served(recorded, source):
     src, index = recorded
     edit(index, ("UPDATE members SET source = ? WHERE source = ?", source, b"b.txt"))
@@ -249,6 +253,7 @@ DAMAGES = [kind_7, nul_in_a_name, no_members, text_size, text_header_size, text_
 
 @pytest.mark.index
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+@pytest.mark.usefixtures("hot_path")  # the commands inherit the path of the read loop
 def test_a_damaged_index_is_one_line_from_every_command_never_a_traceback(recorded, damage):
     src, index = recorded
     damage(index)
@@ -264,6 +269,7 @@ def test_a_damaged_index_is_one_line_from_every_command_never_a_traceback(record
 
 @NEEDS_MOUNT
 @pytest.mark.parametrize("damage", [text_total_size, no_members, kind_7], ids=lambda f: f.__name__)
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path of the read loop
 def test_mount_of_a_damaged_index_is_one_line_or_eio_never_a_traceback(recorded, mounts, damage):
     src, index = recorded
     damage(index)
@@ -283,6 +289,7 @@ def test_mount_of_a_damaged_index_is_one_line_or_eio_never_a_traceback(recorded,
 
 @pytest.mark.index
 @pytest.mark.parametrize("to_file", [True, False], ids=["stream_to_file", "stream_to_stdout"])
+@pytest.mark.usefixtures("hot_path")  # the commands inherit the path of the read loop
 def test_a_directory_with_a_size_is_a_damaged_index_and_stream_never_exits_0_short(recorded, to_file):
     """The root folder's row given a size, every later offset shifted to match: the offsets add
     up, only the kind says the size cannot be."""

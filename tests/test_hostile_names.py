@@ -67,6 +67,7 @@ def test_errors_about_a_hostile_folder_name_are_one_line_on_stderr(tmp_path):
 
 
 @pytest.mark.index
+@pytest.mark.usefixtures("hot_path")  # the streaming child inherits the path
 def test_a_hostile_member_name_in_an_error_is_escaped_one_line(tmp_path):
     src = build_small_tree(tmp_path)
     (src / HOSTILE).write_bytes(b"recorded")
@@ -77,6 +78,7 @@ def test_a_hostile_member_name_in_an_error_is_escaped_one_line(tmp_path):
 
 
 @NEEDS_MOUNT
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path
 def test_mount_log_of_a_hostile_source_and_member_name_has_only_the_daemons_own_lines(tmp_path, mounts):
     """The source folder and a file in it named to forge lines: the daemon logs that it serves
     the folder (naming it) and the changed file; each is one line of its own shape."""

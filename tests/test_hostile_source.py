@@ -264,6 +264,7 @@ def tar_names(path: Path) -> list[str]:
 
 
 @pytest.mark.index
+@pytest.mark.usefixtures("hot_path")  # the streaming child inherits the path
 def test_a_tree_deeper_than_the_open_file_limit_is_recorded_and_streamed_as_gnu_tar_does(tmp_path):
     chain = Path("chain", *["d"] * DEPTH)
     (tmp_path / chain).mkdir(parents=True)
