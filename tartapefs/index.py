@@ -107,6 +107,8 @@ class Index:
             try:
                 self.meta = self._checked_meta()
                 _check_crc(path, fd)
+                #: When the file was written (s since the epoch): when it was recorded.
+                self.mtime: float = os.fstat(fd).st_mtime
                 self.native_rows = self._native_rows(fd, trusted_only)
             except BaseException:
                 self._close_quietly()
@@ -680,3 +682,16 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return str(err)
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Remove what killed recorders of the index ``path`` left beside it
+    (:meth:`IndexFolder.remove_stale`'s rules); a folder that cannot be opened is left alone."""
+    try:
+        folder = IndexFolder(os.path.dirname(os.path.abspath(path)), private=False)
+    except UsageError:
+        return
+    try:
+        folder.remove_stale(os.path.basename(path))
+    finally:
+        folder.close()

@@ -54,7 +54,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from . import format as fmt
@@ -431,6 +431,27 @@ class Planner:
         self.tapes.append(tape)
         if shard.extras is not None:
             shard.extras.close(tape, index)
+
+
+def succeeding(tapes: list[PlannedTape], previous: dict[str, tuple[str, int]]) -> list[PlannedTape]:
+    """``tapes`` as the next generation of ``previous`` (tape name -> (fingerprint,
+    mtime in s) of the recording they replace).
+
+    A tape whose fingerprint is unchanged keeps the previous mtime: the same
+    bytes are the same file. A tape whose bytes changed gets an mtime past the
+    previous one (its newest member's, or the previous + 1 s when that is not
+    later): rsync, rclone and HTTP caches compare size and mtime, and a change of
+    a mode or of content under a restored mtime keeps both otherwise.
+    """
+    out = []
+    for tape in tapes:
+        before = previous.get(tape.name)
+        if before is not None:
+            fingerprint, mtime = before
+            later = mtime if fingerprint == tape.fingerprint else max(tape.mtime, mtime + 1)
+            tape = replace(tape, mtime=later)
+        out.append(tape)
+    return out
 
 
 def plan(members: Iterable[Member], stem: str, options: PlanOptions = PlanOptions(),

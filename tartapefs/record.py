@@ -11,22 +11,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import sqlite3
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from . import __version__
 from . import format as fmt
-from .age import Recipient, RecipientError, unique
+from .age import Recipient, RecipientError, parse_recipient, unique
 from .encrypt import EncryptionState, require_crypto
 from .errors import TartapeError, UsageError, show_path
 from .index import INDEX_MEMBER, RATARMOUNT_INDEX, GeneratedWriter, IndexWriter
 from .indexdir import IndexFolder
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
-from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order
+from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order, succeeding
 from .plansink import PlanSink
 from .scan import Entry, Excluder, walk
 
@@ -50,6 +52,9 @@ class TapeRecorder:
     :class:`~tartapefs.AgeUnavailableError` without the ``[age]`` extra, both before anything
     is written). UsageError (one line) for ratarmount's index with encryption, and, at
     :meth:`commit`, for a source entry named like an index member when the tapes get one.
+    ``previous``: tape name -> (fingerprint, mtime) of the recording this one replaces,
+    so that a tape whose bytes changed gets a later mtime
+    (:func:`~tartapefs.plan.succeeding`).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class TapeRecorder:
         progress: Callable[[int], None] | None = None,
         plan: PlanOptions = PlanOptions(),
         recipients: Sequence[Recipient] | None = None,
+        previous: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         if recipients is not None:
             recipients = unique(recipients)
@@ -80,7 +86,17 @@ class TapeRecorder:
         self.index_path = index_path
         self.progress = progress
         self.plan = plan
+        self.previous = dict(previous or {})
         self.tapes: list[PlannedTape] = []
+
+    @classmethod
+    def from_options(cls, options: RecordOptions, progress: Callable[[int], None] | None = None,
+                     previous: dict[str, tuple[str, int]] | None = None) -> TapeRecorder:
+        """A recorder that records as ``options`` say (the options of an earlier recording)."""
+        recipients = None if options.recipients is None else [parse_recipient(r) for r in options.recipients]
+        return cls(options.src, list(options.exclude), not options.keep_owner, index_path=options.index_path,
+                   prefix=options.prefix, progress=progress, plan=options.plan, recipients=recipients,
+                   previous=previous)
 
     def commit(self) -> str:
         """Scan the source and write the index; returns the fingerprint (hex): the
@@ -107,23 +123,25 @@ class TapeRecorder:
                     continue  # with no prefix the root folder is not a member
                 yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
 
-        with IndexWriter(index_path, folder) as writer, _GeneratedFiles(writer, self.plan) as generated:
+        with IndexWriter(index_path, folder) as writer, \
+                _GeneratedFiles(writer, self.plan, self.previous) as generated:
             planner = Planner(os.path.basename(self.src) or "root", self.plan, self.prefix, generated)
             placed = planner.place(recorded())
             # In batches: between two, the generated files of a tape just planned are written.
             while batch := list(itertools.islice(placed, _BATCH)):
                 writer.add_members(batch, self.keep_owner)
-            writer.add_tapes(planner.tapes)
+            tapes = succeeding(planner.tapes, self.previous)
+            writer.add_tapes(tapes)
             if self.recipients:
                 # One state per tape: shards are different plaintexts, and one key and nonce
                 # over two of them would give both away.
                 writer.add_encryption((t.number, EncryptionState.create(self.recipients).to_meta())
-                                      for t in planner.tapes)
+                                      for t in tapes)
             writer.commit(
                 {
                     "bytes_version": BYTES_VERSION,
-                    "member_count": sum(t.member_count for t in planner.tapes),
-                    "tape_count": len(planner.tapes),
+                    "member_count": sum(t.member_count for t in tapes),
+                    "tape_count": len(tapes),
                     "source_root": os.fsencode(self.src),
                     "prefix": self.prefix,
                     "keep_owner": int(self.keep_owner),
@@ -133,8 +151,8 @@ class TapeRecorder:
                     "created_by": f"tartapefs {__version__}",
                 }
             )
-        self.tapes = planner.tapes
-        digest = recording_fingerprint(planner.tapes)
+        self.tapes = tapes
+        digest = recording_fingerprint(tapes)
         self.index_path = index_path
         return digest
 
@@ -168,11 +186,14 @@ class _GeneratedFiles(PlanSink):
     goes: the index member's CSV straight into its parts, ratarmount's index
     through an SQLite file of its own in a private temporary folder (``mkdtemp``:
     0700, in the system's temporary folder, never in SRC), copied in when its
-    tape is complete and removed."""
+    tape is complete and removed. ``previous`` as for :class:`TapeRecorder`: ratarmount's
+    index holds the mtime the archive will be served with."""
 
-    def __init__(self, writer: IndexWriter, options: PlanOptions) -> None:
+    def __init__(self, writer: IndexWriter, options: PlanOptions,
+                 previous: dict[str, tuple[str, int]] | None = None) -> None:
         self._writer = writer
         self._options = options
+        self._previous = previous or {}
         self._tape = -1
         self._csv: GeneratedWriter | None = None
         self._ratar = None
@@ -217,7 +238,8 @@ class _GeneratedFiles(PlanSink):
         if self._ratar is not None:
             path = self._ratar.path
             with self._ratarmount():
-                self._ratar.finish(tape.total_size, tape.mtime)
+                [served] = succeeding([tape], self._previous)
+                self._ratar.finish(tape.total_size, served.mtime)
                 self._ratar = None
                 out = self._writer.generated(tape.number, RATARMOUNT_INDEX)
                 with open(path, "rb") as f:
@@ -236,6 +258,37 @@ class _GeneratedFiles(PlanSink):
             reason = getattr(err, "strerror", None) or str(err)
             raise TartapeError(f"{self._folder or tempfile.gettempdir()}: cannot write ratarmount's index "
                                f"({reason}); the previous index is unchanged") from None
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """Everything a recording was made with, so that it can be made again the same way:
+    the source folder ``src`` and ``index_path`` (real paths), ``exclude`` globs,
+    ``keep_owner``, the member name ``prefix`` (bytes), the ``plan``, and the age
+    ``recipients`` (``age1…`` strings; None: served in plain)."""
+
+    src: str
+    index_path: str
+    exclude: tuple[str, ...] = ()
+    keep_owner: bool = False
+    prefix: bytes = b""
+    plan: PlanOptions = PlanOptions()
+    recipients: tuple[str, ...] | None = None
+
+    def to_json(self) -> str:
+        # Paths and names are bytes on disk: carried as surrogate-escaped text, which
+        # JSON escapes and gives back exactly.
+        return json.dumps({"src": self.src, "index_path": self.index_path, "exclude": list(self.exclude),
+                           "keep_owner": self.keep_owner, "prefix": os.fsdecode(self.prefix),
+                           "plan": self.plan.to_json(), "recipients": self.recipients})
+
+    @classmethod
+    def from_json(cls, text: str) -> RecordOptions:
+        d = json.loads(text)
+        recipients = d.get("recipients")
+        return cls(d["src"], d["index_path"], tuple(d["exclude"]), bool(d["keep_owner"]),
+                   os.fsencode(d["prefix"]), PlanOptions.from_json(d["plan"]),
+                   None if recipients is None else tuple(recipients))
 
 
 def default_index_path(src: str) -> str:

@@ -30,7 +30,7 @@ from .index import RATARMOUNT_INDEX, GeneratedFile, Index, TapeRows
 from .layout import Member, locate
 from .plan import PlannedTape, PlanOptions, volume_name, volume_ranges, wids_index
 from .ratarindex import SUFFIX as RATARMOUNT_SUFFIX
-from .record import TapeRecorder, _source_dir, index_candidates, recording_fingerprint
+from .record import RecordOptions, TapeRecorder, _source_dir, index_candidates, recording_fingerprint
 
 
 class Recording:
@@ -40,9 +40,12 @@ class Recording:
     ``index_path``, ``source_root``, ``prefix`` (bytes), ``keep_owner``,
     ``exclude``, ``plan`` (:class:`PlanOptions`), ``member_count`` (rows of all
     tapes), ``fingerprint`` (hex), ``recipients`` (the age recipients every tape is
-    encrypted to, None when served in plain). Raises IndexMissingError,
-    IndexCorruptError or IndexVersionError when the index cannot be used, and
-    AgeUnavailableError for an encrypted recording without the ``[age]`` extra.
+    encrypted to, None when served in plain), ``recorded_at`` (s since the epoch: when
+    the index was written). A recording is one *generation*: recording the folder
+    again (:meth:`record_again`) gives a new one and leaves this one serving what it
+    recorded. Raises IndexMissingError, IndexCorruptError or IndexVersionError when the
+    index cannot be used, and AgeUnavailableError for an encrypted recording without
+    the ``[age]`` extra.
     """
 
     def __init__(self, index: Index) -> None:
@@ -55,6 +58,7 @@ class Recording:
         self.exclude: list[str] = json.loads(meta.get("exclude") or "[]")
         self.plan: PlanOptions = PlanOptions.from_json(meta.get("plan"))
         self.member_count: int = meta["member_count"]
+        self.recorded_at: float = index.mtime
         planned = index.tapes()
         self._generated = index.generated(planned)
         self.fingerprint: str = recording_fingerprint(planned)
@@ -103,6 +107,28 @@ class Recording:
     @property
     def encrypted(self) -> bool:
         return self.recipients is not None
+
+    @property
+    def options(self) -> RecordOptions:
+        """What this recording was made with (what :meth:`record_again` records with)."""
+        recipients = None if self.recipients is None else tuple(map(str, self.recipients))
+        return RecordOptions(self.source_root, self.index_path, tuple(self.exclude), self.keep_owner,
+                             self.prefix, self.plan, recipients)
+
+    def previous(self) -> dict[str, tuple[str, int]]:
+        """Tape name -> (fingerprint, mtime): what a recording replacing this one follows.
+        An encrypted tape's fingerprint is left empty, which no tape has: a new
+        recording has new keys, hence other bytes, whatever its members."""
+        return {t.planned_name: ("" if t.encryption else t.fingerprint, t.mtime) for t in self._tapes}
+
+    def record_again(self, progress: Callable[[int], None] | None = None) -> Recording:
+        """Record the folder again with the same options into the same index (a new
+        file renamed over it) and open the result: the next generation. This
+        recording stays open and keeps serving its own bytes until closed. A tape
+        whose bytes changed gets a later mtime than it had here."""
+        recorder = TapeRecorder.from_options(self.options, progress, self.previous())
+        recorder.commit()
+        return Recording.open(recorder.index_path)
 
     def tapes(self) -> list[Tape]:
         """The tapes planned from this recording, in order."""
@@ -168,6 +194,7 @@ class Tape:
         self.recording = recording
         self.number = planned.number
         self.name = planned.name
+        self.planned_name = planned.name  # as planned and indexed, whatever it is served as
         self.start = planned.start
         self.total_size = planned.total_size
         self.member_count = planned.member_count
@@ -339,6 +366,7 @@ class Sidecar:
         self.data = data
         self.total_size = len(data)
         self.mtime = mtime
+        self.fingerprint = hashlib.sha256(data).hexdigest()
 
     def reader(self, source_root: str | None = None):
         from .bytesource import Memory

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from tartapefs import format as fmt
 from tartapefs import tarindex
 from tartapefs.layout import Member, archive_name
-from tartapefs.plan import (PlanOptions, plan, sample_key, sample_order, tape_name, volume_name,
-                            volume_ranges, wids_index, wids_key)
+from tartapefs.plan import (PlannedTape, PlanOptions, plan, sample_key, sample_order, succeeding, tape_name,
+                            volume_name, volume_ranges, wids_index, wids_key)
 from tartapefs.plansink import PlanSink
 
 pytestmark = pytest.mark.pure
@@ -336,3 +336,19 @@ def test_plan_options_keep_the_fingerprints_of_plans_without_the_new_options():
     _, sidecar = plan(recorded, "d", PlanOptions(ratarmount_index=True))
     _, indexed = plan(recorded, "d", PlanOptions(index_member=True), prefix=b"d")
     assert plain == sidecar and indexed[0].fingerprint != plain[0].fingerprint
+
+
+def test_a_tape_that_follows_another_gets_a_later_mtime_only_when_its_bytes_changed():
+    def tape(name: str, fingerprint: str, mtime: int) -> PlannedTape:
+        return PlannedTape(0, name, 0, 1024, 0, fingerprint, mtime, 0)
+
+    previous = {"same.tar": ("f1", 500), "changed.tar": ("f2", 500), "newer.tar": ("f3", 500)}
+    tapes = [tape("same.tar", "f1", 400), tape("changed.tar", "F2", 500), tape("newer.tar", "F3", 900),
+             tape("fresh.tar", "f4", 300)]
+    assert [t.mtime for t in succeeding(tapes, previous)] == [
+        500,  # the same bytes: the same file as before, whatever its members say now
+        501,  # other bytes, no newer member (a mode changed): one second past the previous
+        900,  # other bytes and a newer member: the member's
+        300,  # nothing before it: its newest member's
+    ]
+    assert succeeding(tapes, {}) == tapes
