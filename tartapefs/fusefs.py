@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 The mount shows one flat directory (inode 1) holding one regular file per
-catalogue entry: an archive (a tape, a shard, a volume) or a sidecar file (the
-``wids`` shard list). An entry is anything with ``total_size`` (bytes),
-``mtime`` (seconds) and ``reader()``, which makes a new byte source
-(:class:`~tartapefs.bytesource.ByteSource`). Names, sizes, mtimes and inodes
-never change while an entry is in the catalogue, so the kernel may cache
-attributes and pages for a long time (``keep_cache``) and re-reads come from
-the page cache.
+item: an archive (a tape, a shard, a volume) or a sidecar file (the ``wids``
+shard list). Which name leads to which inode, and how long a replaced inode
+stays answerable, is :class:`~tartapefs.served.Directory`'s business; an
+inode's attributes and bytes never change, so the kernel may cache them for
+long (``keep_cache``, long timeouts). :meth:`TapeFS.switch` serves a new set
+of items at once; :func:`invalidate` (from another thread) then makes the
+kernel look names up again, while handles opened before keep reading theirs.
 
 Rules this module keeps:
 
@@ -23,7 +23,7 @@ Rules this module keeps:
 * An entry's byte source is made when the first handle opens it and closed
   when the last one is released: a thousand shards cost nothing until they
   are read, and handles keep reading what they opened even if the entry is
-  replaced (:meth:`TapeFS.put`). Handlers run as trio tasks on one thread
+  replaced (:meth:`TapeFS.switch`). Handlers run as trio tasks on one thread
   and never await while reading, so a source is used by one request at a
   time, and the handles of one entry share it.
 * Nothing here knows the TAR format: bytes come from ``read(offset, size)``.
@@ -33,64 +33,51 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 import pyfuse3
 
 from .bytesource import ByteSource
 from .errors import IndexCorruptError, SourceError, TartapeError
+from .served import NAME_MAX, Directory, Entry, Served, Switch, stable_inode
+
+__all__ = ["ROOT_INODE", "TapeFS", "invalidate", "stable_inode"]
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 # Readers size their buffers from st_blksize (cp, rsync, Python's shutil).
 BLKSIZE = 1 << 20
-# Nothing in the mount changes while it is mounted: let the kernel keep
-# attributes and names for long.
+# An inode never changes; a switch tells the kernel which names to look up again.
 ATTR_TIMEOUT_S = 3600.0
-NAME_MAX = 255
-
-
-class Served(Protocol):
-    """What the file system needs from a catalogue entry (``Tape``, ``Volume``, ``Sidecar``)."""
-
-    total_size: int  # bytes
-    mtime: int  # seconds since the epoch
-
-    def reader(self) -> ByteSource: ...
 
 
 def _default_reader(item: Any) -> ByteSource:
-    # A tape's reader goes through its recording's connection, opened at mount: it
-    # keeps serving the recording that was mounted.
+    # A tape's reader goes through its recording's connection: it keeps serving
+    # the recording that was opened, whatever was recorded since.
     return item.reader()
 
 
-def stable_inode(name: str) -> int:
-    """Inode of the file ``name``: derived from the name only, so it is the
-    same on every mount (rsync and backup tools remember inodes)."""
-    digest = hashlib.sha256(os.fsencode(name)).digest()
-    # 48 bits keep it a positive, small-ish integer; +2 keeps clear of the
-    # root inode (1) and of 0, which FUSE reserves.
-    return int.from_bytes(digest[:6], "big") + 2
-
-
-@dataclass
-class _Entry:
-    """One file in the root directory, and its byte source while handles are open."""
-
-    name: bytes
-    inode: int
-    item: Served
-    size: int
-    mtime_ns: int
-    source: ByteSource | None = None
-    handles: int = 0
+def invalidate(switch: Switch) -> None:
+    """Make the kernel forget the names ``switch`` changed and the folder's own
+    attributes, so that the next lookup of a name finds its new inode (pages
+    and attributes of the old inodes stay with the handles that hold them).
+    Blocking: the kernel first waits for requests in flight on the folder, so
+    call it from a thread other than the one that answers them
+    (``trio.to_thread``), never from a handler. Nothing to do when nothing
+    switched."""
+    if not switch.switched:
+        return
+    for name in switch.stale:
+        try:
+            pyfuse3.invalidate_entry(ROOT_INODE, name)
+        except OSError as err:
+            if err.errno != errno.ENOENT:  # ENOENT: the kernel never looked it up
+                raise
+    pyfuse3.invalidate_inode(ROOT_INODE, attr_only=True)
 
 
 def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,14 +107,15 @@ def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class TapeFS(pyfuse3.Operations):
-    """Read-only file system serving each entry of ``catalogue`` as a file named
-    by its key.
+    """Read-only file system serving each item of ``catalogue`` as a file named by
+    its key.
 
-    ``reader_factory(item)`` makes, per open handle, the byte source whose
-    ``read(offset, size)`` produces the bytes (default: ``item.reader()``). ``direct_io`` bypasses the
-    page cache: each client read() then arrives whole (up to 1 MiB), which is
-    faster for large sequential reads and much slower for small ones.
-    ``uid``/``gid`` own every entry (default: the mounting user).
+    ``reader_factory(item)`` makes the byte source the handles of one entry
+    share (default: ``item.reader()``). ``direct_io`` bypasses the page cache:
+    each client read() then arrives whole (up to 1 MiB), which is faster for
+    large sequential reads and much slower for small ones. ``uid``/``gid`` own
+    every entry (default: the mounting user). ``on_drop(item)`` is called once
+    an item replaced by :meth:`switch` is served no more.
     """
 
     def __init__(
@@ -138,36 +126,34 @@ class TapeFS(pyfuse3.Operations):
         direct_io: bool = False,
         uid: int | None = None,
         gid: int | None = None,
+        on_drop: Callable[[Any], None] | None = None,
     ) -> None:
         super().__init__()
         self._direct_io = direct_io
         self._uid = os.getuid() if uid is None else uid
         self._gid = os.getgid() if gid is None else gid
         self._reader_factory = reader_factory
-        self._by_name: dict[bytes, _Entry] = {}
-        self._by_inode: dict[int, _Entry] = {}
-        for name, item in sorted(catalogue.items()):
-            self.put(name, item)
-        self._open: dict[int, _Entry] = {}
+        self._dir = Directory(on_drop)
+        self._dir.switch(catalogue)
+        self._dirs: dict[int, tuple[bytes, ...]] = {}  # open folder handle -> the listing it opened
+        self._open: dict[int, Entry] = {}
         self._next_fh = 1
         # (member, reason) pairs already logged at error level, so a client
         # retrying a broken member page by page does not flood the log.
         self._reported: set[str] = set()
 
-    def put(self, name: str, item: Served) -> None:
+    def switch(self, catalogue: Mapping[str, Served]) -> Switch:
+        """Serve exactly ``catalogue`` from now on, in one step: no request sees half
+        of it (handlers never await in between). Handles already open keep
+        reading what they opened. Call :func:`invalidate` with the result next.
+        ValueError, before anything changes, for a bad name."""
+        return self._dir.switch(catalogue)
+
+    def put(self, name: str, item: Served) -> Switch:
         """Serve ``item`` as ``name``, replacing an entry of that name (its open
         handles keep reading what they opened). ValueError for a bad name."""
-        raw = os.fsencode(name)
-        if not raw or b"/" in raw or raw in (b".", b"..") or len(raw) > NAME_MAX:
-            raise ValueError(f"{name!r}: not a valid file name for a tape")
-        inode = stable_inode(name)
-        other = self._by_inode.get(inode)
-        if other is not None and other.name != raw:
-            raise ValueError(f"{name!r}: inode collides with another tape, rename it")
-        entry = _Entry(name=raw, inode=inode, item=item, size=item.total_size,
-                       mtime_ns=item.mtime * 1_000_000_000)
-        self._by_name[raw] = entry
-        self._by_inode[inode] = entry
+        items = {os.fsdecode(e.name): e.item for e in self._dir.current()}
+        return self.switch({**items, name: item})
 
     def close(self) -> None:
         """Close the byte source of every handle still open."""
@@ -179,9 +165,9 @@ class TapeFS(pyfuse3.Operations):
 
     # -- attributes -----------------------------------------------------
 
-    def _attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+    def _attributes(self, entry: Entry | None) -> pyfuse3.EntryAttributes:
+        """The attributes of ``entry``, or of the folder for None."""
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = inode
         attr.generation = 0
         attr.entry_timeout = ATTR_TIMEOUT_S
         attr.attr_timeout = ATTR_TIMEOUT_S
@@ -189,79 +175,100 @@ class TapeFS(pyfuse3.Operations):
         attr.st_gid = self._gid
         attr.st_rdev = 0
         attr.st_blksize = BLKSIZE
-        if inode == ROOT_INODE:
+        if entry is None:
+            attr.st_ino = ROOT_INODE
             attr.st_mode = stat.S_IFDIR | 0o555
             attr.st_nlink = 2
             attr.st_size = 0
             attr.st_blocks = 0
             # The directory changes only when its tapes do: take the newest.
-            mtime_ns = max((s.mtime_ns for s in self._by_inode.values()), default=0)
+            mtime_ns = max((e.mtime_ns for e in self._dir.current()), default=0)
         else:
-            served = self._served(inode)
+            attr.st_ino = entry.inode
             attr.st_mode = stat.S_IFREG | 0o444
             attr.st_nlink = 1
-            attr.st_size = served.size
-            attr.st_blocks = -(-served.size // 512)
-            mtime_ns = served.mtime_ns
+            attr.st_size = entry.size
+            attr.st_blocks = -(-entry.size // 512)
+            mtime_ns = entry.mtime_ns
         # Never the clock: rsync and rclone compare size and mtime.
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
         return attr
 
-    def _served(self, inode: int) -> _Entry:
-        try:
-            return self._by_inode[inode]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+    def _served(self, inode: int) -> Entry:
+        entry = self._dir.inode(inode)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return entry
 
     @_translated
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attributes(inode)
+        return self._attributes(None if inode == ROOT_INODE else self._served(inode))
 
     @_translated
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if parent_inode != ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name in (b".", b".."):
-            return self._attributes(ROOT_INODE)
-        served = self._by_name.get(name)
+            return self._attributes(None)
+        served = self._dir.by_name.get(name)
         if served is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attributes(served.inode)
+        self._dir.looked_up(served)
+        return self._attributes(served)
+
+    async def forget(self, inode_list: Any) -> None:
+        # Answers no request, so it must not raise at all.
+        try:
+            for inode, count in inode_list:
+                self._dir.forget(inode, count)
+        except Exception:
+            log.exception("unexpected error in forget")
 
     @_translated
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
         st.f_bsize = BLKSIZE
         st.f_frsize = 512
-        total = sum(s.size for s in self._by_inode.values())
-        st.f_blocks = -(-total // st.f_frsize)
+        entries = list(self._dir.current())
+        st.f_blocks = -(-sum(e.size for e in entries) // st.f_frsize)
         st.f_bfree = st.f_bavail = 0
-        st.f_files = len(self._by_inode) + 1
+        st.f_files = len(entries) + 1
         st.f_ffree = st.f_favail = 0
         st.f_namemax = NAME_MAX
         return st
 
     # -- directory ------------------------------------------------------
 
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
     @_translated
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         if inode != ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return ROOT_INODE
+        fh = self._new_fh()
+        self._dirs[fh] = self._dir.listing
+        return fh
 
     @_translated
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        # next_id is the position after the entry: the listing never changes,
-        # so a position is a stable cursor.
-        entries = sorted(self._by_name.items())
-        for position in range(start_id, len(entries)):
-            name, served = entries[position]
-            if not pyfuse3.readdir_reply(token, name, self._attributes(served.inode), position + 1):
+        # Positions in the listing this handle opened: a stable cursor even across a
+        # switch (nothing skipped or listed twice); a name gone since is left out,
+        # a new one waits for the next opendir.
+        names = self._dirs.get(fh, self._dir.listing)
+        for position in range(start_id, len(names)):
+            served = self._dir.by_name.get(names[position])
+            if served is None:
+                continue
+            if not pyfuse3.readdir_reply(token, served.name, self._attributes(served), position + 1):
                 return
+            self._dir.looked_up(served)
 
     @_translated
     async def releasedir(self, fh: int) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     # -- file -----------------------------------------------------------
 
@@ -272,16 +279,15 @@ class TapeFS(pyfuse3.Operations):
         served = self._served(inode)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh = self._next_fh
-        self._next_fh += 1
+        fh = self._new_fh()
         # Handles remember what they opened: an entry replaced while mounted
         # leaves open handles reading their own.
         if served.source is None:
             served.source = self._reader_factory(served.item)
         served.handles += 1
         self._open[fh] = served
-        # keep_cache: the bytes never change, so pages cached by an earlier
-        # open stay valid.
+        # keep_cache: an inode's bytes never change, so pages cached by an
+        # earlier open stay valid.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=self._direct_io)
 
     @_translated
@@ -308,6 +314,7 @@ class TapeFS(pyfuse3.Operations):
             if not served.handles and served.source is not None:
                 served.source.close()
                 served.source = None
+                self._dir.drop_if_unused(served)
 
     # -- logging --------------------------------------------------------
 

@@ -35,7 +35,7 @@ def test_shards_and_their_shard_list_are_served_and_extract_to_the_source(mounts
         for tape in tapes:
             path = m.mnt / tape.name
             st = os.stat(path)
-            assert (st.st_size, st.st_mtime, st.st_ino) == (tape.total_size, tape.mtime, stable_inode(tape.name))
+            assert (st.st_size, st.st_mtime, st.st_ino) == (tape.total_size, tape.mtime, stable_inode(tape.name, tape))
             with tape.reader() as reader:
                 assert path.read_bytes() == reader.read(0, tape.total_size)
             done = subprocess.run(["tar", "-xpf", str(path), "-C", str(out)], capture_output=True)

@@ -79,7 +79,7 @@ def test_age_decrypts_the_mounted_file_which_is_the_stream_output(mounts, tmp_pa
     assert st.st_size == header_size(sealed) + 16 + len(plain) + TAG * chunks == len(sealed)
     assert st.st_blocks == -(-st.st_size // 512)
     with Recording.discover(str(src)) as recording:
-        assert st.st_mtime == recording.tapes()[0].mtime and st.st_ino == stable_inode(AGE)
+        assert st.st_mtime == recording.tapes()[0].mtime and st.st_ino == stable_inode(AGE, recording.tapes()[0].encrypted())
 
 
 @pytest.mark.parametrize("direct_io", [False, True], ids=["buffered", "direct_io"])

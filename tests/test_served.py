@@ -1,0 +1,128 @@
+"""The mount's folder without FUSE: which name leads to which inode across switches, and
+when a replaced inode is let go (tartapefs.served.Directory)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tartapefs.served import Directory, stable_inode
+
+pytestmark = pytest.mark.pure
+
+
+class Item:
+    def __init__(self, data: bytes, mtime: int = 1_600_000_000) -> None:
+        self.data = data
+        self.total_size = len(data)
+        self.mtime = mtime
+        self.fingerprint = hashlib.sha256(data).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Item({self.data!r})"
+
+
+@pytest.fixture
+def dropped() -> list:
+    return []
+
+
+def test_a_switch_says_what_changed_by_name(dropped):
+    d = Directory(dropped.append)
+    first = d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"b"), "c.tar": Item(b"c")})
+    assert sorted(first.added) == ["a.tar", "b.tar", "c.tar"] and first.switched
+    b, c = d.by_name[b"b.tar"], d.by_name[b"c.tar"]
+    second = d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"B"), "d.tar": Item(b"d")})
+    assert (second.kept, second.changed, second.added, second.removed) == (["a.tar"], ["b.tar"], ["d.tar"], ["c.tar"])
+    assert second.switched and sorted(second.stale) == [b"b.tar", b"c.tar", b"d.tar"]
+    assert d.listing == (b"a.tar", b"b.tar", b"d.tar")
+    assert d.by_name[b"b.tar"].inode != b.inode
+    # Nothing held the replaced entries: let go at once, the kept one's old item too.
+    assert {i.data for i in dropped} == {b"a", b"b", b"c"}
+    assert d.inode(b.inode) is None and d.inode(c.inode) is None
+
+
+def test_the_same_items_again_switch_nothing_and_keep_every_inode(dropped):
+    d = Directory(dropped.append)
+    d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"b")})
+    inodes = {n: e.inode for n, e in d.by_name.items()}
+    again = d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"b")})
+    assert not again.switched and sorted(again.kept) == ["a.tar", "b.tar"] and again.stale == []
+    assert {n: e.inode for n, e in d.by_name.items()} == inodes
+    assert len(dropped) == 2  # the old items: new opens read the new ones
+
+
+def test_a_replaced_inode_answers_while_the_kernel_knows_it_and_a_handle_holds_it(dropped):
+    d = Directory(dropped.append)
+    old_item = Item(b"old")
+    d.switch({"x.tar": old_item})
+    old = d.by_name[b"x.tar"]
+    d.looked_up(old)
+    d.looked_up(old)
+    old.handles = 1
+    d.switch({"x.tar": Item(b"new")})
+    assert d.inode(old.inode) is old and not old.current and dropped == []
+    d.forget(old.inode, 2)
+    assert d.inode(old.inode) is old and dropped == []  # an open handle still reads (and fstats) it
+    old.handles = 0
+    d.drop_if_unused(old)
+    assert d.inode(old.inode) is None and dropped == [old_item]
+    d.drop_if_unused(old)
+    assert dropped == [old_item]  # once
+
+
+def test_forgetting_part_of_the_lookups_keeps_the_inode(dropped):
+    d = Directory(dropped.append)
+    d.switch({"x.tar": Item(b"old")})
+    old = d.by_name[b"x.tar"]
+    for _ in range(3):
+        d.looked_up(old)
+    d.switch({"x.tar": Item(b"new")})
+    d.forget(old.inode, 2)
+    assert d.inode(old.inode) is old
+    d.forget(old.inode, 1)
+    assert d.inode(old.inode) is None and len(dropped) == 1
+
+
+def test_current_entries_are_never_dropped(dropped):
+    d = Directory(dropped.append)
+    d.switch({"x.tar": Item(b"x")})
+    entry = d.by_name[b"x.tar"]
+    d.looked_up(entry)
+    d.forget(entry.inode, 1)
+    assert d.inode(entry.inode) is entry and dropped == []
+
+
+def test_a_name_back_to_earlier_bytes_takes_over_the_inode_still_held(dropped):
+    d = Directory(dropped.append)
+    first = Item(b"one")
+    d.switch({"x.tar": first})
+    one = d.by_name[b"x.tar"]
+    d.looked_up(one)
+    d.switch({"x.tar": Item(b"two")})
+    back = d.switch({"x.tar": Item(b"one")})
+    assert back.changed == ["x.tar"]
+    assert d.by_name[b"x.tar"].inode == one.inode and d.inode(one.inode) is d.by_name[b"x.tar"]
+    assert first in dropped
+
+
+def test_a_collision_or_a_bad_name_changes_nothing(dropped, monkeypatch):
+    d = Directory(dropped.append)
+    d.switch({"x.tar": Item(b"x")})
+    before = (dict(d.by_name), d.listing)
+    with pytest.raises(ValueError):
+        d.switch({"x.tar": Item(b"y"), "a/b": Item(b"z")})
+    import tartapefs.served as served
+
+    monkeypatch.setattr(served, "stable_inode", lambda name, item: 7)
+    with pytest.raises(ValueError, match="collides"):
+        d.switch({"x.tar": Item(b"y"), "z.tar": Item(b"z")})
+    assert (dict(d.by_name), d.listing) == before and dropped == []
+
+
+def test_the_inode_stands_for_name_fingerprint_size_and_mtime():
+    base = stable_inode("x.tar", Item(b"abc", 5))
+    assert base == stable_inode("x.tar", Item(b"abc", 5)) > 1
+    assert len({base, stable_inode("y.tar", Item(b"abc", 5)), stable_inode("x.tar", Item(b"abd", 5)),
+                stable_inode("x.tar", Item(b"abc", 6))}) == 4
