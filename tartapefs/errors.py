@@ -95,6 +95,11 @@ class StreamSizeError(SourceChangedError):
         self.reason = reason
 
 
+class ControlError(TartapeError):
+    """A mounted daemon cannot be asked to refresh or report (``tartape-mount --refresh``,
+    ``--status``): not a tartapefs mount, no daemon answers, or it refuses the caller."""
+
+
 class ArchiveError(TartapeError):
     """An archive being read (``tartape extract``) is damaged, truncated, or
     disagrees with its own index; or its server cannot serve byte ranges."""

@@ -27,9 +27,10 @@ import threading
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .process import OneLineParser, Readiness, encryption_arguments, log_for_mount, recipients_of, size_argument
+from .process import (OneLineParser, Readiness, duration_argument, encryption_arguments, log_for_mount,
+                      recipients_of, size_argument)
 from .record import check_sources
-from .errors import UsageError, show_path, show_text
+from .errors import ControlError, UsageError, show_path, show_text
 from .mountinfo import FSTYPE, mounted_fstype
 
 log = logging.getLogger("tartapefs.mount")
@@ -51,11 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=PROG,
         description="Mount SRC as a read-only TAR file at MOUNTPOINT/NAME.",
-        epilog=f"Unmount with: {PROG} -u MOUNTPOINT",
+        epilog=f"Unmount with: {PROG} -u MOUNTPOINT. Refresh with: {PROG} --refresh MOUNTPOINT (or SIGHUP).",
     )
     p.add_argument("paths", nargs="*", metavar="SRC... MOUNTPOINT",
                    help="folder(s) to present as tar archives, one index each, then the empty folder to mount on")
     p.add_argument("-u", "--unmount", metavar="MOUNTPOINT", help="unmount MOUNTPOINT and exit")
+    p.add_argument("--refresh", metavar="MOUNTPOINT",
+                   help="record the folders of the mount at MOUNTPOINT again and serve the new archives "
+                        "to new opens (open files keep theirs); waits for the switch")
+    p.add_argument("--status", metavar="MOUNTPOINT",
+                   help="show the generation MOUNTPOINT serves, a refresh under way, and the last one")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
                    help="FUSE mount options, e.g. allow_other")
@@ -72,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve ratarmount's index of each archive beside it: NAME.index.sqlite")
     p.add_argument("--index", metavar="PATH", help="index file (default: SRC/.tartape/index.db)")
     p.add_argument("--rescan", action="store_true", help="record the source again even if the index is valid")
+    p.add_argument("--refresh-every", metavar="DURATION", type=duration_argument("--refresh-every"),
+                   help="record again every DURATION (30s, 10m, 1h) and switch when something changed")
     p.add_argument("--direct-io", action="store_true",
                    help="bypass the page cache: each read() reaches the daemon at its own size; faster "
                         "for 1 MiB reads, much slower for tar's 10 KiB records (docs/BENCHMARKS.md)")
@@ -88,9 +96,11 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.unmount is not None:
-        if args.paths:
-            parser.error("-u takes only the mount point")
+    commands = [flag for flag, value in (("-u", args.unmount), ("--refresh", args.refresh),
+                                         ("--status", args.status)) if value is not None]
+    if commands:
+        if args.paths or len(commands) > 1:
+            parser.error(f"{commands[0]} takes only the mount point")
         return args
     if len(args.paths) < 2:
         parser.error("SRC and MOUNTPOINT are required (or -u MOUNTPOINT)")
@@ -297,7 +307,7 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     argv += [f"-o{group}" for group in args.options]
     for flag, value in (("--index", args.index), ("--log-file", args.log_file), ("--name", args.name),
                         ("--shard-size", args.shard_size), ("--shard-members", args.shard_members),
-                        ("--split", args.split)):
+                        ("--split", args.split), ("--refresh-every", args.refresh_every)):
         if value is not None:
             argv.append(f"{flag}={value}")
     for flag, on in (("--rescan", args.rescan), ("--direct-io", args.direct_io),
@@ -355,6 +365,23 @@ def _die(message: str) -> NoReturn:
     sys.exit(1)
 
 
+def control_command(mnt: str, command: str) -> int:
+    """``tartape-mount --refresh/--status MNT``: ask the daemon, print its answer.
+    0 when the refresh switched or found nothing to switch, 1 when it failed."""
+    from . import control
+
+    mnt = os.path.abspath(mnt)
+    for answer in control.ask(mnt, command):
+        if "status" in answer:
+            print("\n".join(control.status_lines(answer["status"])))
+            return 0
+        if "message" in answer:
+            ok = bool(answer.get("ok"))
+            print(f"{PROG}: {mnt}: {answer['message']}", file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+    raise ControlError(f"{mnt}: the daemon closed the connection without an answer (did it stop?)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.unmount is not None:
@@ -362,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return unmount_command(args.unmount)
         except UsageError as err:
             _die(str(err))
+    if args.refresh is not None or args.status is not None:
+        try:
+            return control_command(args.refresh or args.status, "refresh" if args.refresh else "status")
+        except ControlError as err:
+            _die(str(err))
+        except KeyboardInterrupt:
+            _die("interrupted (a refresh already asked for goes on)")
     log_for_mount(PROG, args.mountpoint, args.log_level, args.log_file,
                   quiet=args.ready_fd is not None or not args.foreground)
     readiness = Readiness(args.ready_fd, PROG)

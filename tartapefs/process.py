@@ -2,7 +2,7 @@
 
 Argument parsing that fails in one line, the one place where errors become an
 exit code (:func:`run_main`), logging set-up, the scan progress line, sizes
-such as ``10G`` or ``1GiB``, systemd notification and the readiness pipe of a
+such as ``10G`` or ``1GiB`` and durations such as ``10m``, systemd notification and the readiness pipe of a
 background start, and where logs go. The three adapters import this module and
 never each other (except that the mount entry point starts the daemon).
 """
@@ -69,14 +69,20 @@ def parse_size(text: str, option: str) -> int:
 
 def size_argument(option: str) -> Callable[[str], int]:
     """An argparse ``type=`` that parses sizes and fails in one line."""
+    return _argument(parse_size, option, "size")
+
+
+def _argument(parse: Callable[[str, str], int], option: str, what: str) -> Callable[[str], int]:
+    """An argparse ``type=`` from ``parse(text, option)``: a UsageError becomes argparse's
+    one-line error (without the option, which argparse names itself)."""
 
     def convert(text: str) -> int:
         try:
-            return parse_size(text, option)
+            return parse(text, option)
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
 
-    convert.__name__ = "size"
+    convert.__name__ = what
     return convert
 
 
@@ -102,6 +108,28 @@ def recipients_of(args: argparse.Namespace) -> list[Recipient] | None:
     found = load_recipients(args.encrypt_to, args.encrypt_to_file)
     require_crypto()
     return found
+
+
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd]?)\s*", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """Seconds from ``text``: a whole number with ``s``, ``m``, ``h`` or ``d`` (seconds if
+    none): ``30s``, ``10m``, ``1h``. UsageError naming ``option`` when it is not one,
+    or is under a second."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise UsageError(f"{option} {text!r}: not a duration (a whole number with s, m, h or d: 30s, 10m, 1h)")
+    seconds = int(match.group(1)) * _SECONDS[match.group(2).lower()]
+    if seconds < 1:
+        raise UsageError(f"{option} {text}: must be at least 1 second")
+    return seconds
+
+
+def duration_argument(option: str) -> Callable[[str], int]:
+    """An argparse ``type=`` that parses durations and fails in one line."""
+    return _argument(parse_duration, option, "duration")
 
 
 #: The exit status of a command whose reader went away: a shell's 128 + SIGPIPE, as for cat.

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -129,19 +130,23 @@ def mounted_fstype(path: Path) -> str | None:
     return lookup(os.path.join(os.path.realpath(path.parent), path.name))
 
 
-def daemon_pids(mnt: Path) -> list[int]:
-    """Pids of background daemons serving ``mnt`` (found by their command line)."""
-    pids = []
+def processes() -> Iterator[tuple[int, int, list[bytes]]]:
+    """``(pid, parent pid, argv)`` of every process there is (those gone meanwhile skipped)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parent = int(Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if os.fsencode(str(mnt)) in argv and any(a.startswith(b"--ready-fd") for a in argv):
-            pids.append(int(entry))
-    return pids
+        yield int(entry), parent, argv
+
+
+def daemon_pids(mnt: Path) -> list[int]:
+    """Pids of background daemons serving ``mnt`` (found by their command line)."""
+    return [pid for pid, _, argv in processes()
+            if os.fsencode(str(mnt)) in argv and any(a.startswith(b"--ready-fd") for a in argv)]
 
 
 def wait_until(predicate, what: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tartapefs.errors import UsageError
-from tartapefs.process import MIN_PART_SIZE, parse_size
+from tartapefs.process import MIN_PART_SIZE, parse_duration, parse_size
 
 pytestmark = pytest.mark.pure
 
@@ -42,3 +42,16 @@ def test_the_progress_line_counts_one_entry_in_the_singular(capsys):
     progress.done()
     shown = capsys.readouterr().err
     assert "tartape: scanned: 1 entry\x1b[K" in shown and "entries" not in shown
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("10m", 600), ("1h", 3600), ("2d", 172800), ("45", 45),
+                                          (" 5M ", 300)])
+def test_durations_take_seconds_minutes_hours_days(text, seconds):
+    assert parse_duration(text, "--refresh-every") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1.5h", "-5m", "10x", "1h30m", "0s", "0"])
+def test_a_bad_duration_is_one_line_naming_the_option(text):
+    with pytest.raises(UsageError, match="^--refresh-every ") as err:
+        parse_duration(text, "--refresh-every")
+    assert "\n" not in str(err.value)
