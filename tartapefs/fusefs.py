@@ -62,9 +62,11 @@ def _default_reader(item: Any) -> ByteSource:
 
 
 def invalidate(switch: Switch) -> None:
-    """Make the kernel forget the names ``switch`` changed and the folder's own
-    attributes, so that the next lookup of a name finds its new inode (pages
-    and attributes of the old inodes stay with the handles that hold them).
+    """Make the kernel forget its lookups of the names ``switch`` changed or removed
+    (those it made: ``switch.stale``) and the folder's own attributes, so that the
+    next lookup of a name finds its new inode (pages and attributes of the old
+    inodes stay with the handles that hold them). A name it never looked up, or
+    a new one (a failed lookup is not cached), needs nothing.
     Blocking: the kernel first waits for requests in flight on the folder, so
     call it from a thread other than the one that answers them
     (``trio.to_thread``), never from a handler. Nothing to do when nothing

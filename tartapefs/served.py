@@ -83,16 +83,14 @@ class Switch:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    #: The changed and removed names whose old inode the kernel knows (it looked them up):
+    #: the only lookups it may have cached that are wrong now.
+    stale: list[bytes] = field(default_factory=list)
 
     @property
     def switched(self) -> bool:
         """Whether any name leads elsewhere than before."""
         return bool(self.changed or self.added or self.removed)
-
-    @property
-    def stale(self) -> list[bytes]:
-        """The names whose lookups the kernel may have cached wrongly now."""
-        return [os.fsencode(n) for n in self.changed + self.removed + self.added]
 
     def describe(self) -> str:
         return (f"{len(self.changed)} changed, {len(self.added)} new, {len(self.removed)} gone, "
@@ -137,6 +135,8 @@ class Directory:
             old = self.by_name.get(raw)
             kind = result.added if old is None else result.kept if old.inode == inode else result.changed
             kind.append(os.fsdecode(raw))
+            if kind is result.changed and self._lookups.get(old.inode, 0) > 0:
+                result.stale.append(raw)
             entry = Entry(raw, inode, item, item.total_size, item.mtime * 1_000_000_000)
             same = self._by_inode.get(inode)
             self._by_inode[inode] = entry
@@ -148,6 +148,8 @@ class Directory:
         for raw, old in self.by_name.items():
             if raw not in by_name:
                 result.removed.append(os.fsdecode(raw))
+                if self._lookups.get(old.inode, 0) > 0:
+                    result.stale.append(raw)
             if old.current:
                 self._retire(old)
         self.by_name = by_name

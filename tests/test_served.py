@@ -28,19 +28,35 @@ def dropped() -> list:
     return []
 
 
+def served(d: Directory, data: bytes, lookups: int = 0):
+    """``x.tar`` served as ``data`` by ``d`` from now on, looked up ``lookups`` times: its entry."""
+    d.switch({"x.tar": Item(data)})
+    entry = d.by_name[b"x.tar"]
+    for _ in range(lookups):
+        d.looked_up(entry)
+    return entry
+
+
 def test_a_switch_says_what_changed_by_name(dropped):
     d = Directory(dropped.append)
     first = d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"b"), "c.tar": Item(b"c")})
     assert sorted(first.added) == ["a.tar", "b.tar", "c.tar"] and first.switched
     b, c = d.by_name[b"b.tar"], d.by_name[b"c.tar"]
+    d.looked_up(b)
+    d.looked_up(c)
+    d.looked_up(d.by_name[b"a.tar"])
     second = d.switch({"a.tar": Item(b"a"), "b.tar": Item(b"B"), "d.tar": Item(b"d")})
     assert (second.kept, second.changed, second.added, second.removed) == (["a.tar"], ["b.tar"], ["d.tar"], ["c.tar"])
-    assert second.switched and sorted(second.stale) == [b"b.tar", b"c.tar", b"d.tar"]
+    # The kernel's lookups of b and c are wrong now; a kept name's and a new one's are not.
+    assert second.switched and sorted(second.stale) == [b"b.tar", b"c.tar"]
     assert d.listing == (b"a.tar", b"b.tar", b"d.tar")
     assert d.by_name[b"b.tar"].inode != b.inode
-    # Nothing held the replaced entries: let go at once, the kept one's old item too.
-    assert {i.data for i in dropped} == {b"a", b"b", b"c"}
-    assert d.inode(b.inode) is None and d.inode(c.inode) is None
+    assert {i.data for i in dropped} == {b"a"}  # the kept name's old item: no handle held it
+    d.forget(b.inode, 1)
+    d.forget(c.inode, 1)
+    assert {i.data for i in dropped} == {b"a", b"b", b"c"} and d.inode(b.inode) is d.inode(c.inode) is None
+    third = d.switch({"a.tar": Item(b"A")})  # a's inode, kept from the first switch, is known
+    assert third.stale == [b"a.tar"] and sorted(third.changed + third.removed) == ["a.tar", "b.tar", "d.tar"]
 
 
 def test_the_same_items_again_switch_nothing_and_keep_every_inode(dropped):
@@ -55,13 +71,10 @@ def test_the_same_items_again_switch_nothing_and_keep_every_inode(dropped):
 
 def test_a_replaced_inode_answers_while_the_kernel_knows_it_and_a_handle_holds_it(dropped):
     d = Directory(dropped.append)
-    old_item = Item(b"old")
-    d.switch({"x.tar": old_item})
-    old = d.by_name[b"x.tar"]
-    d.looked_up(old)
-    d.looked_up(old)
+    old = served(d, b"old", lookups=2)
+    old_item = old.item
     old.handles = 1
-    d.switch({"x.tar": Item(b"new")})
+    served(d, b"new")
     assert d.inode(old.inode) is old and not old.current and dropped == []
     d.forget(old.inode, 2)
     assert d.inode(old.inode) is old and dropped == []  # an open handle still reads (and fstats) it
@@ -74,11 +87,8 @@ def test_a_replaced_inode_answers_while_the_kernel_knows_it_and_a_handle_holds_i
 
 def test_forgetting_part_of_the_lookups_keeps_the_inode(dropped):
     d = Directory(dropped.append)
-    d.switch({"x.tar": Item(b"old")})
-    old = d.by_name[b"x.tar"]
-    for _ in range(3):
-        d.looked_up(old)
-    d.switch({"x.tar": Item(b"new")})
+    old = served(d, b"old", lookups=3)
+    served(d, b"new")
     d.forget(old.inode, 2)
     assert d.inode(old.inode) is old
     d.forget(old.inode, 1)
@@ -87,20 +97,16 @@ def test_forgetting_part_of_the_lookups_keeps_the_inode(dropped):
 
 def test_current_entries_are_never_dropped(dropped):
     d = Directory(dropped.append)
-    d.switch({"x.tar": Item(b"x")})
-    entry = d.by_name[b"x.tar"]
-    d.looked_up(entry)
+    entry = served(d, b"x", lookups=1)
     d.forget(entry.inode, 1)
     assert d.inode(entry.inode) is entry and dropped == []
 
 
 def test_a_name_back_to_earlier_bytes_takes_over_the_inode_still_held(dropped):
     d = Directory(dropped.append)
-    first = Item(b"one")
-    d.switch({"x.tar": first})
-    one = d.by_name[b"x.tar"]
-    d.looked_up(one)
-    d.switch({"x.tar": Item(b"two")})
+    one = served(d, b"one", lookups=1)
+    first = one.item
+    served(d, b"two")
     back = d.switch({"x.tar": Item(b"one")})
     assert back.changed == ["x.tar"]
     assert d.by_name[b"x.tar"].inode == one.inode and d.inode(one.inode) is d.by_name[b"x.tar"]
