@@ -286,7 +286,7 @@ async def _read_command(conn: Any) -> str:
     data = b""
     with trio.move_on_after(REQUEST_TIMEOUT_S):
         while b"\n" not in data and len(data) < 64:
-            chunk = await conn.recv(64)
+            chunk = await conn.recv(64 - len(data))
             if not chunk:
                 break
             data += chunk

@@ -15,10 +15,15 @@ folder are answered). Any failure before the switch leaves the generation
 that serves as it was.
 
 A name whose bytes did not change keeps its inode (and the kernel's pages);
-new opens read it through the new recording. A replaced item serves the
+new opens read it through the new recording. An encrypted recording is the
+exception: a new recording has new keys, so its archives are new bytes even
+when nothing in the folder changed; when its plain archives are the same, the
+recording that serves is kept (and the new one closed) rather than turning
+every archive into a new file for every client. A replaced item serves the
 handles opened on it until they are released and the kernel forgets its
 inode; then the file system drops it (``on_drop``), and once every item of an
-older generation is dropped, its recordings are closed.
+older generation is dropped, its recordings no newer generation shares are
+closed.
 
 One refresh runs at a time: asking for another while one runs is refused in
 one line. Triggers: ``tartape-mount --refresh`` (the control channel), SIGHUP,
@@ -28,6 +33,7 @@ and ``--refresh-every``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -41,12 +47,16 @@ from . import worker
 from .errors import TartapeError
 from .fusefs import TapeFS, invalidate
 from .index import remove_stale_temporaries
+from .record import TapeRecorder
 from .tape import Recording, archives
 
 log = logging.getLogger("tartapefs.mount")
 
 # A line of the recorder longer than this is not one of ours.
 _LINE_MAX = 1 << 16
+#: ``TARTAPEFS_REFRESH_IN=thread`` in the daemon's environment records in a thread of the
+#: daemon instead of a child process: for scripts/bench to measure the two, nothing else.
+IN_THREAD_ENV = "TARTAPEFS_REFRESH_IN"
 
 
 @dataclass(eq=False)
@@ -63,10 +73,6 @@ class Generation:
     def recorded_at(self) -> float:
         """When its oldest recording was written (s since the epoch)."""
         return min(r.recorded_at for r in self.recordings)
-
-    def close(self) -> None:
-        for r in self.recordings:
-            r.close()
 
 
 @dataclass(eq=False)
@@ -95,7 +101,9 @@ class Refresher:
         self._name = name
         self._split = split
         self._fs: TapeFS | None = None
-        self._owner: dict[int, Generation] = {}  # id(item) -> its generation
+        # id(item) -> the generations serving it, oldest first (one, unless a recording
+        # was kept from one generation to the next).
+        self._owner: dict[int, list[Generation]] = {}
         self._open: list[Generation] = []  # every generation not closed yet
         self.current: Generation | None = None
         self.running: Running | None = None
@@ -113,28 +121,39 @@ class Refresher:
     def _register(self, gen: Generation) -> Generation:
         gen.live = len(gen.items)
         for item in gen.items:
-            self._owner[id(item)] = gen
+            self._owner.setdefault(id(item), []).append(gen)
         self._open.append(gen)
         return gen
 
     def dropped(self, item: Any) -> None:
         """The file system serves ``item`` no more (TapeFS's ``on_drop``)."""
-        gen = self._owner.pop(id(item), None)
-        if gen is not None:
-            gen.live -= 1
-            self._close_if_done(gen)
+        owners = self._owner.get(id(item))
+        if not owners:
+            return
+        gen = owners.pop(0)
+        if not owners:
+            del self._owner[id(item)]
+        gen.live -= 1
+        self._close_if_done(gen)
 
     def _close_if_done(self, gen: Generation) -> None:
         if gen.live <= 0 and gen is not self.current and gen in self._open:
             self._open.remove(gen)
-            gen.close()
+            self._close_recordings(gen.recordings)
             log.debug("generation %d closed: nothing reads it any more", gen.number)
+
+    def _close_recordings(self, recordings: list[Recording]) -> None:
+        """Close those of ``recordings`` that no open generation serves."""
+        for r in recordings:
+            if not any(r in g.recordings for g in self._open):
+                r.close()
 
     def close(self) -> None:
         """Close every generation still open (the daemon is leaving)."""
-        for gen in self._open:
-            gen.close()
+        recordings = {id(r): r for g in self._open for r in g.recordings}
         self._open.clear()
+        for r in recordings.values():
+            r.close()
 
     # -- running refreshes -------------------------------------------------
 
@@ -180,8 +199,7 @@ class Refresher:
             try:
                 switch_ms = await self._switch(recordings, running)
             except BaseException:
-                for r in recordings:
-                    r.close()
+                self._close_recordings(recordings)
                 raise
         except Exception as err:  # TartapeError, or an OSError starting the recorder
             if not isinstance(err, TartapeError):
@@ -207,7 +225,8 @@ class Refresher:
             running.finished.set()
 
     async def _record_all(self, running: Running) -> list[Recording]:
-        """Every folder recorded again and its new index opened, or TartapeError (nothing kept)."""
+        """Every folder recorded again and its new index opened (or, encrypted and with the
+        same plain archives, the serving recording kept); TartapeError, nothing kept, else."""
         done: list[Recording] = []
         try:
             for old in self.current.recordings:
@@ -219,14 +238,18 @@ class Refresher:
                 if new.fingerprint != fingerprint:
                     raise TartapeError(f"{old.index_path}: replaced by another recording while this one "
                                        "was written; try again")
+                if old.encrypted and new.encrypted and new.fingerprint == old.fingerprint:
+                    done[-1] = old  # new keys alone would make every archive a new file
+                    new.close()
             return done
         except BaseException:
-            for r in done:
-                r.close()
+            self._close_recordings(done)
             raise
 
     async def _record(self, old: Recording, running: Running) -> str:
         """Record ``old``'s folder again in a child process; its fingerprint, or TartapeError."""
+        if os.environ.get(IN_THREAD_ENV) == "thread":
+            return await self._record_in_thread(old, running)
         said: dict[str, str] = {}
         try:
             async with trio.open_nursery() as nursery:
@@ -246,6 +269,19 @@ class Refresher:
             raise TartapeError(f"{old.source_root}: the recorder stopped before the end "
                                f"({_status(proc.returncode)}); nothing was recorded")
         return said["done"]
+
+    async def _record_in_thread(self, old: Recording, running: Running) -> str:
+        """The same recording in a thread of the daemon (only to measure it against the child
+        process: the walk then holds the interpreter lock most of the time). Not
+        cancellable: a daemon stopping meanwhile waits for the walk."""
+        def progress(count: int) -> None:
+            running.entries = count
+
+        recorder = TapeRecorder.from_options(old.options, progress, old.previous())
+        try:
+            return await trio.to_thread.run_sync(recorder.commit)
+        except OSError as err:
+            raise TartapeError(f"{old.source_root}: {err.strerror or err}") from None
 
     async def _listen(self, proc: Any, folder: str, running: Running, said: dict[str, str]) -> None:
         """Read the recorder's lines (see :mod:`tartapefs.worker`) until it ends."""
@@ -271,8 +307,8 @@ class Refresher:
 
     async def _switch(self, recordings: list[Recording], running: Running) -> float:
         """Serve ``recordings``' items from now on; the switch's duration in ms."""
-        items = archives(recordings, self._name, self._split)  # UsageError: a name twice
         t0 = time.perf_counter()
+        items = archives(recordings, self._name, self._split)  # UsageError: a name twice
         old = self.current
         gen = self._register(Generation(old.number + 1, recordings, items))
         try:
@@ -295,7 +331,11 @@ class Refresher:
 
     def _unregister(self, gen: Generation) -> None:
         for item in gen.items:
-            self._owner.pop(id(item), None)
+            owners = self._owner.get(id(item), [])
+            if gen in owners:
+                owners.remove(gen)
+            if not owners:
+                self._owner.pop(id(item), None)
         self._open.remove(gen)
 
     # -- status --------------------------------------------------------------

@@ -90,3 +90,19 @@ def test_record_options_carry_any_bytes_of_a_path_or_prefix(tmp_path):
 def test_a_sidecar_has_the_fingerprint_of_its_bytes():
     assert Sidecar("a.json", b"{}", 5).fingerprint == Sidecar("b.json", b"{}", 9).fingerprint
     assert Sidecar("a.json", b"{}", 5).fingerprint != Sidecar("a.json", b"[]", 5).fingerprint
+
+
+def test_an_encrypted_recording_recorded_again_has_new_keys_and_so_a_later_mtime(tmp_path):
+    pytest.importorskip("cryptography")
+    from agekit import keygen
+    from tartapefs.age import parse_recipient
+
+    src = build_small_tree(tmp_path)
+    recipient = parse_recipient(keygen(tmp_path).public)
+    TapeRecorder(src, recipients=[recipient]).commit()
+    with Recording.discover(str(src)) as first, first.record_again() as second:
+        [a], [b] = first.tapes(), second.tapes()
+        assert second.options == first.options and second.recipients == (recipient,)
+        assert b.fingerprint == a.fingerprint  # the same plain tar...
+        assert b.encryption.file_key != a.encryption.file_key  # ...under a new key: other bytes
+        assert b.encrypted().fingerprint != a.encrypted().fingerprint and b.mtime == a.mtime + 1

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -346,6 +347,11 @@ def test_nginx_serves_the_new_archive_with_a_new_etag(world_dir, world_mounts, n
     assert int(headers2["Content-Length"]) == len(body2)
     # A range of the new generation, as a resuming client asks for it.
     assert get(url, "bytes=1000-1999")[2] == body2[1000:2000]
+    # A client resuming its copy of the old generation (If-Range: the old ETag) gets the whole
+    # new archive, never the new bytes after its old ones.
+    request = urllib.request.Request(url, headers={"Range": "bytes=1000-", "If-Range": headers1["ETag"]})
+    with urllib.request.urlopen(request, timeout=DEADLINE_S) as response:
+        assert response.status == 200 and response.read() == body2
 
 
 # -- several archives -----------------------------------------------------------------------------
@@ -496,3 +502,40 @@ def test_unmounting_during_a_refresh_stops_its_recorder(mounts, tmp_path):
     assert client.returncode == 1 and len(err.strip().splitlines()) == 1, err
     assert mounted_fstype(m.mnt) is None
     assert not [p for p in (src / ".tartape").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_encrypted_mount_keeps_its_keys_until_its_archives_change(mounts, tmp_path):
+    """A new recording has new keys: when the plain archive is the same, the mount keeps the
+    recording it serves (same file for every client); when it changed, the new age file has
+    a new inode and a later mtime, and age decrypts it to the new tar."""
+    from agekit import age_decrypt, keygen
+    from tartapefs import Recording
+
+    key = keygen(tmp_path)
+    src = build_tree(tmp_path)
+    m = mounts.foreground(src, None, "--encrypt-to", key.public, name=NAME + ".age")
+    before = os.stat(m.file)
+    sealed = m.file.read_bytes()
+    done = refresh(m.mnt)
+    assert done.returncode == 0 and "unchanged; generation 1 keeps serving" in one_line(done)
+    assert os.stat(m.file).st_ino == before.st_ino and m.file.read_bytes() == sealed
+    add_file(src, "0-first.bin", 5000)
+    assert refresh(m.mnt).returncode == 0
+    after = os.stat(m.file)
+    assert after.st_ino != before.st_ino and after.st_mtime > before.st_mtime
+    opened = age_decrypt(m.file.read_bytes(), key)
+    assert opened.returncode == 0, opened.stderr
+    with Recording.discover(str(src)) as recording, recording.tapes()[0].reader() as reader:
+        assert opened.stdout == reader.read(0, reader.total_size)
+
+
+def test_recording_in_a_thread_of_the_daemon_gives_the_same_generation(mounts, tmp_path, monkeypatch):
+    """The measurement-only mode of scripts/bench (TARTAPEFS_REFRESH_IN=thread) records the
+    same generation as the child process does."""
+    monkeypatch.setenv("TARTAPEFS_REFRESH_IN", "thread")
+    src = build_tree(tmp_path)
+    m = mounts.foreground(src)
+    add_file(src, "0-first.bin", 5000)
+    done = refresh(m.mnt)
+    assert done.returncode == 0 and "generation 2 serving" in one_line(done)
+    assert m.file.read_bytes() == stream_bytes(src)
