@@ -10,11 +10,11 @@ TT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # What the project needs from Debian: FUSE 3 and its headers (pyfuse3 is built from source
 # against them), and the real readers the mount tests and the demo drive: GNU tar, bsdtar,
 # rsync, rclone, nginx (serving the mount over HTTP; the tests start their own on loopback),
-# systemd-analyze to check the unit file, and age (the stock age and age-keygen, which must decrypt
-# what the encrypting reader writes). gcc, the C library's, Python's and SQLite's headers build
-# pyfuse3 and tartapefs' own C extension (without them tartapefs installs and runs its
-# pure-Python path).
-TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd age
+# systemd-analyze to check the unit file and procps for the kill its ExecReload runs, and age
+# (the stock age and age-keygen, which must decrypt what the encrypting reader writes). gcc, the
+# C library's, Python's and SQLite's headers build pyfuse3 and tartapefs' own C extension
+# (without them tartapefs installs and runs its pure-Python path).
+TT_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config libarchive-tools rsync rclone tar nginx systemd procps age
     gcc libc6-dev python3-dev libsqlite3-dev)
 
 # Minimum Python for the virtualenv (pyproject.toml says requires-python >= 3.11).
