@@ -28,7 +28,7 @@ import struct
 import time
 from collections.abc import Iterator
 
-from .errors import ControlError
+from .errors import ControlError, counted
 from .mountinfo import FSTYPE, mounted_fstype
 from .record import state_dir
 
@@ -153,11 +153,12 @@ def status_lines(status: dict) -> list[str]:
     """A daemon's status (``Refresher.status()``) for people: one fact per line."""
     lines = [
         f"{status['mountpoint']}: generation {status['generation']}, recorded {_when(status['recorded_at'])}",
-        f"serving: {status['archives']} files, {status['bytes']} bytes",
+        f"serving: {counted(status['archives'], 'file')}, {counted(status['bytes'], 'byte')}",
     ]
     running = status.get("recording")
     if running:
-        lines.append(f"recording now: {running['entries']} entries of {running['folder'] or '...'} so far "
+        lines.append(f"recording now: {counted(running['entries'], 'entry', 'entries')} of "
+                     f"{running['folder'] or '...'} so far "
                      f"(asked by {running['why']} at {_when(running['started'])})")
     else:
         lines.append("recording now: nothing")

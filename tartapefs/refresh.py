@@ -44,7 +44,7 @@ from typing import Any
 import trio
 
 from . import worker
-from .errors import TartapeError
+from .errors import TartapeError, counted
 from .fusefs import TapeFS, invalidate
 from .index import remove_stale_temporaries
 from .record import TapeRecorder
@@ -173,16 +173,19 @@ class Refresher:
         return self.running
 
     def busy_message(self) -> str:
+        """Why :meth:`start` gave None, in one line."""
         r = self.running
-        what = f"{r.entries} entries recorded so far" if r else "starting"
-        return f"a refresh is already running ({what}); nothing started"
+        if r is None:
+            return "the mount is not serving yet; nothing started"
+        return f"a refresh is already running ({counted(r.entries, 'entry', 'entries')} recorded so far); " \
+               "nothing started"
 
     async def every(self, seconds: float) -> None:
         """Refresh every ``seconds`` (a new generation only when something changed)."""
         while True:
             await trio.sleep(seconds)
             if self.start("--refresh-every") is None:
-                log.info("--refresh-every: a refresh is still running; this turn is skipped")
+                log.info("--refresh-every: %s (this turn is skipped)", self.busy_message())
 
     async def on_sighup(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """SIGHUP asks for a refresh, as nginx reloads (it no longer stops the daemon)."""
@@ -190,7 +193,7 @@ class Refresher:
             task_status.started()
             async for _ in signals:
                 if self.start("SIGHUP") is None:
-                    log.warning("SIGHUP: a refresh is already running; ignored")
+                    log.warning("SIGHUP: %s", self.busy_message())
 
     async def _refresh(self, running: Running) -> None:
         t0 = time.monotonic()
@@ -210,7 +213,7 @@ class Refresher:
                       self.current.number)
         else:
             running.ok = True
-            recorded = f"recorded {running.entries} entries in {time.monotonic() - t0:.1f} s"
+            recorded = f"recorded {counted(running.entries, 'entry', 'entries')} in {time.monotonic() - t0:.1f} s"
             if running.switched:
                 running.message = f"generation {self.current.number} serving ({running.summary})"
                 log.info("refresh (%s): %s; %s, switched in %.1f ms", running.why, running.message, recorded,
