@@ -59,6 +59,7 @@ class Recording:
         self.plan: PlanOptions = PlanOptions.from_json(meta.get("plan"))
         self.member_count: int = meta["member_count"]
         self.recorded_at: float = index.mtime
+        self.created_by: str = str(meta.get("created_by") or "")
         planned = index.tapes()
         self._generated = index.generated(planned)
         self.fingerprint: str = recording_fingerprint(planned)
@@ -315,7 +316,11 @@ class Volume:
 class GeneratedSidecar:
     """A file made at record time and kept in the index, served beside its tape
     (``NAME.index.sqlite``, ratarmount's index of ``NAME``): read in place from the
-    recording's connection, never held whole. Its mtime is the tape's."""
+    recording's connection, never held whole. Its mtime is the tape's. Its
+    ``fingerprint`` covers what decides its bytes without reading them all: the
+    tape's fingerprint and mtime (the members and the archive it describes), the
+    tartapefs that recorded it (which it names), its size, and its first 100 bytes
+    (SQLite's file header: page size, change counter, the library's version)."""
 
     def __init__(self, name: str, tape: Tape, file: GeneratedFile) -> None:
         self.name = name
@@ -323,9 +328,15 @@ class GeneratedSidecar:
         self._file = file
         self.total_size = file.size
         self.mtime = tape.mtime
+        head = tape.index.read_generated(file, 0, _SQLITE_HEADER)
+        self.fingerprint = hashlib.sha256(b"generated\0%s\0%d\0%d\0%s\0%s" % (
+            tape.fingerprint.encode(), tape.mtime, file.size, tape.recording.created_by.encode(), head)).hexdigest()
 
     def reader(self, source_root: str | None = None) -> GeneratedReader:
         return GeneratedReader(self.tape.index, self._file)
+
+
+_SQLITE_HEADER = 100  # bytes: an SQLite file's header
 
 
 class GeneratedReader:

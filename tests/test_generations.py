@@ -6,7 +6,9 @@ rclone, HTTP caches) see a new file."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import sqlite3
 import tarfile
 
 import pytest
@@ -90,6 +92,39 @@ def test_record_options_carry_any_bytes_of_a_path_or_prefix(tmp_path):
 def test_a_sidecar_has_the_fingerprint_of_its_bytes():
     assert Sidecar("a.json", b"{}", 5).fingerprint == Sidecar("b.json", b"{}", 9).fingerprint
     assert Sidecar("a.json", b"{}", 5).fingerprint != Sidecar("a.json", b"[]", 5).fingerprint
+
+
+def test_ratarmounts_index_follows_its_archive_from_one_generation_to_the_next(tmp_path):
+    """Served beside its archive, it keeps its fingerprint while the archive does, and
+    carries the archive's new mtime when the archive changed (even with no newer member)."""
+    from tartapefs.ratarindex import SUFFIX
+    from tartapefs.tape import GeneratedSidecar, archives
+
+    def sidecar(recording: Recording) -> GeneratedSidecar:
+        [item] = [a for a in archives([recording]) if a.name.endswith(SUFFIX)]
+        return item
+
+    def archive_mtime(item: GeneratedSidecar) -> float:
+        path = tmp_path / "ratarmount.sqlite"
+        path.write_bytes(item.reader().read(0, item.total_size))
+        db = sqlite3.connect(path)
+        try:
+            [(stats,)] = db.execute("SELECT value FROM metadata WHERE key = 'tarstats'").fetchall()
+        finally:
+            db.close()
+        return json.loads(stats)["st_mtime"]
+
+    src = build_small_tree(tmp_path)
+    TapeRecorder(src, plan=PlanOptions(ratarmount_index=True)).commit()
+    with Recording.discover(str(src)) as first, first.record_again() as second:
+        a, b = sidecar(first), sidecar(second)
+        assert (b.fingerprint, b.mtime) == (a.fingerprint, a.mtime)
+        assert b.reader().read(0, b.total_size) == a.reader().read(0, a.total_size)
+        os.chmod(src / "sub" / "c.txt", 0o600)  # new bytes, no newer member: mtime + 1
+        with second.record_again() as third:
+            c = sidecar(third)
+            assert c.fingerprint != b.fingerprint and c.mtime == b.mtime + 1 == third.tapes()[0].mtime
+            assert archive_mtime(c) == c.mtime and archive_mtime(b) == b.mtime
 
 
 def test_an_encrypted_recording_recorded_again_has_new_keys_and_so_a_later_mtime(tmp_path):
