@@ -109,9 +109,7 @@ def test_rclone_copies_ratarmount_index_with_the_archive_and_ratarmount_mounts_i
     src = build_sample_tree(tmp_path)
     m = mounts.foreground(src, None, "--ratarmount-index", "--index-member")
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    done = subprocess.run(["rclone", "copy", "--config", os.devnull, str(m.mnt), str(ours)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    rclone_copy(m.mnt, ours)
     assert sorted(os.listdir(ours)) == ["dataset.tar", "dataset.tar.index.sqlite"]
     for name in os.listdir(ours):
         assert (ours / name).read_bytes() == (m.mnt / name).read_bytes()
@@ -119,26 +117,65 @@ def test_rclone_copies_ratarmount_index_with_the_archive_and_ratarmount_mounts_i
     theirs.mkdir()
     shutil.copy(ours / "dataset.tar", theirs / "dataset.tar")  # the archive alone: ratarmount scans it
     before = (ours / "dataset.tar.index.sqlite").read_bytes()
-    mounted, seen = [], {}
-    try:
-        for folder in (ours, theirs):
-            mnt = folder / "mnt"
-            mnt.mkdir()
-            done = subprocess.run([str(RATARMOUNT), str(folder / "dataset.tar"), str(mnt)], capture_output=True,
-                                  text=True, timeout=DEADLINE_S, stdin=subprocess.DEVNULL)
-            mounted.append(mnt)
-            assert done.returncode == 0, done.stderr
-            seen[folder.name] = (done.stdout + done.stderr, tree(mnt))
-    finally:
-        for mnt in mounted:
-            if subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True).returncode:
-                subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
-    our_output, our_tree = seen["ours"]
-    their_output, their_tree = seen["theirs"]
+    our_output, our_tree = ratarmount_tree(ours / "dataset.tar")
+    their_output, their_tree = ratarmount_tree(theirs / "dataset.tar")
     assert "Successfully loaded offset dictionary" in our_output and "Creating" not in our_output, our_output
     assert "Creating offset dictionary" in their_output, their_output  # the scan ours spared
     assert our_tree == their_tree and "photos/photos.tarindex.csv" in our_tree
     assert (ours / "dataset.tar.index.sqlite").read_bytes() == before  # loaded, not rewritten
+
+
+def rclone_copy(src: Path, dest: Path) -> None:
+    done = subprocess.run(["rclone", "copy", "--config", os.devnull, str(src), str(dest)], capture_output=True,
+                          text=True, timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr
+
+
+def ratarmount_tree(archive: Path) -> tuple[str, dict]:
+    """ratarmount mounts ``archive`` (beside it, its index if there is one): what it said,
+    and the tree it showed. Always unmounted."""
+    mnt = archive.parent / "mnt"
+    mnt.mkdir()
+    try:
+        done = subprocess.run([str(RATARMOUNT), str(archive), str(mnt)], capture_output=True, text=True,
+                              timeout=DEADLINE_S, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr, tree(mnt)
+    finally:
+        if subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True).returncode:
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        mnt.rmdir()
+
+
+@pytest.mark.skipif(not RATARMOUNT.exists(), reason="ratarmount is not installed (the test extra installs it)")
+@pytest.mark.skipif(not shutil.which("rclone"), reason="rclone is not installed")
+def test_a_refresh_gives_a_new_index_member_and_ratarmount_index_that_ratarmount_loads(mounts, tmp_path):
+    """Unchanged, a refresh keeps both files; after a change that moves no member's mtime
+    (a mode), the archive and its ratarmount index are new files, and ratarmount loads the
+    copy rclone makes again without a scan, showing the new tree."""
+    src = build_sample_tree(tmp_path)
+    m = mounts.foreground(src, None, "--ratarmount-index", "--index-member")
+    sidecar = m.mnt / "dataset.tar.index.sqlite"
+    before = {p: os.stat(p) for p in (m.file, sidecar)}
+    assert run_mount_cli("--refresh", m.mnt).stdout.strip().endswith("unchanged; generation 1 keeps serving")
+    assert {p: os.stat(p).st_ino for p in before} == {p: st.st_ino for p, st in before.items()}
+    copy = tmp_path / "copy"
+    rclone_copy(m.mnt, copy)
+    (src / "odd" / "a.txt").chmod(0o600)
+    done = run_mount_cli("--refresh", m.mnt)
+    assert done.returncode == 0 and "generation 2 serving" in done.stdout, done.stderr
+    after = {p: os.stat(p) for p in (m.file, sidecar)}
+    for p in (m.file, sidecar):
+        assert after[p].st_ino != before[p].st_ino and after[p].st_mtime == before[p].st_mtime + 1
+    data = m.file.read_bytes()
+    rows, index = tarfile_rows(data)
+    assert csv_rows(index)[1:] == rows  # the index member of the archive it ends
+    rclone_copy(m.mnt, copy)  # the new mtime: both copied again
+    for name in ("dataset.tar", "dataset.tar.index.sqlite"):
+        assert (copy / name).read_bytes() == (m.mnt / name).read_bytes()
+    output, seen = ratarmount_tree(copy / "dataset.tar")
+    assert "Successfully loaded offset dictionary" in output and "Creating" not in output, output
+    assert stat.S_IMODE(seen["photos/odd/a.txt"][0]) == 0o600
 
 
 def test_a_mount_with_encryption_refuses_ratarmount_index_in_one_line_and_mounts_nothing(tmp_path):
