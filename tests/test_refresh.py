@@ -162,7 +162,8 @@ def test_a_handle_opened_before_a_refresh_reads_the_old_archive_and_new_opens_re
     # Once its last reader is gone, the old generation's index (renamed over) is closed.
     wait_until(lambda: not any("(deleted)" in f for f in open_index_files(m.proc.pid)),
                "the old generation's index closed")
-    assert open_index_files(m.proc.pid) == [str(src / ".tartape" / "index.db")]
+    # The current one only (the C read loop, where built, holds it by a descriptor of its own).
+    assert set(open_index_files(m.proc.pid)) == {str(src / ".tartape" / "index.db")}
 
 
 def test_a_member_changed_under_an_old_handle_fails_with_eio_never_new_bytes(mounts, tmp_path):
