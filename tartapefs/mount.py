@@ -373,13 +373,14 @@ def control_command(mnt: str, command: str) -> int:
     mnt = os.path.abspath(mnt)
     for answer in control.ask(mnt, command):
         if "status" in answer:
-            print("\n".join(control.status_lines(answer["status"])))
+            print("\n".join(show_text(line) for line in control.status_lines(answer["status"])))
             return 0
         if "message" in answer:
             ok = bool(answer.get("ok"))
-            print(f"{PROG}: {mnt}: {answer['message']}", file=sys.stdout if ok else sys.stderr)
+            print(f"{PROG}: {show_path(mnt)}: {show_text(str(answer['message']))}",
+                  file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
-    raise ControlError(f"{mnt}: the daemon closed the connection without an answer (did it stop?)")
+    raise ControlError(f"{show_path(mnt)}: the daemon closed the connection without an answer (did it stop?)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
