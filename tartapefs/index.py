@@ -438,7 +438,8 @@ class IndexWriter:
         self._folder.remove_stale(self._name)
         try:
             # Named before it is made, so that abort() finds it even when an interrupt comes
-            # right after; abort() removes it only while it is the file self._fd holds.
+            # before create() hands its descriptor over (CPython can raise KeyboardInterrupt
+            # there); abort() removes only the file self._fd holds, or that file unheld.
             self._fd = -1
             self._tmp = self._folder.temporary_name(self._name)
             self._fd = self._folder.create(self._tmp)
@@ -533,8 +534,11 @@ class IndexWriter:
             self._db.close()
         except (AttributeError, sqlite3.Error):
             pass
-        if getattr(self, "_tmp", None) and self._fd >= 0:
-            self._folder.unlink_own(self._tmp, self._fd)
+        if getattr(self, "_tmp", None):
+            if self._fd >= 0:
+                self._folder.unlink_own(self._tmp, self._fd)
+            else:  # an interrupt between create() and the assignment of its descriptor
+                self._folder.unlink_unheld(self._tmp)
         self._tmp = None
         self._close_files()
 

@@ -84,17 +84,26 @@ class IndexFolder:
             names = os.listdir(self.fd)
         except OSError:
             return
-        uid = os.geteuid()
         for name in names:
             match = pattern.fullmatch(name)
-            if not match or _alive(int(match.group(1))):
-                continue
-            try:
-                st = os.lstat(name, dir_fd=self.fd)
-                if stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1:
-                    os.unlink(name, dir_fd=self.fd)
-            except OSError:
-                pass
+            if match and not _alive(int(match.group(1))):
+                self._remove_if_own_file(name)
+
+    def unlink_unheld(self, name: str) -> None:
+        """Remove ``name``, a file :meth:`create` made but whose descriptor never reached its
+        caller (an interrupt came between the two), under the same rule as :meth:`remove_stale`,
+        and only while it is still empty: its random name makes it this process's file."""
+        self._remove_if_own_file(name, empty=True)
+
+    def _remove_if_own_file(self, name: str, empty: bool = False) -> None:
+        """Unlink ``name`` only if it is a regular file of this user with a single link."""
+        try:
+            st = os.lstat(name, dir_fd=self.fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1 \
+                    and not (empty and st.st_size):
+                os.unlink(name, dir_fd=self.fd)
+        except OSError:
+            pass
 
     def replace(self, name: str, final: str) -> None:
         """Rename ``name`` over ``final``, both in this folder, and make that durable."""

@@ -143,6 +143,24 @@ def test_sigint_during_record_leaves_the_previous_index_and_no_temporary(recorde
     assert os.listdir(index.parent) == ["index.db"]
 
 
+def test_an_interrupt_before_the_temporary_descriptor_is_held_leaves_no_temporary(tmp_path, monkeypatch):
+    """The window a SIGINT hits at random in the test above, made certain: the file is made,
+    and KeyboardInterrupt comes before its descriptor reaches the writer."""
+    from tartapefs.index import IndexWriter
+    from tartapefs.indexdir import IndexFolder
+
+    made = IndexFolder.create
+
+    def create_then_interrupt(self, name):
+        made(self, name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(IndexFolder, "create", create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        IndexWriter(str(tmp_path / "index.db"))
+    assert os.listdir(tmp_path) == []
+
+
 def test_sigkill_during_record_leaves_the_previous_index_and_the_next_record_cleans_up(recorded_then_grown):
     src, index, before = recorded_then_grown
     proc = _interrupt_record(src, index, signal.SIGKILL)
