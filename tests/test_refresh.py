@@ -476,6 +476,19 @@ def test_a_daemon_answers_only_its_own_user_and_root_whatever_the_socket_allows(
     assert not sock_path.exists()  # the daemon removes its socket on the way out
 
 
+def test_a_mount_point_with_a_newline_in_its_name_is_shown_on_one_line(mounts, tmp_path):
+    src = build_tree(tmp_path)
+    mnt = tmp_path / "mnt\nforged line"
+    mnt.mkdir()
+    m = mounts.foreground(src, mnt)
+    lines = status(m.mnt).splitlines()
+    assert lines[0].startswith("mnt\\nforged line: generation 1, recorded ", len(str(tmp_path)) + 1), lines
+    assert len(lines) == len(status(mounts.foreground(build_tree(tmp_path, "other")).mnt).splitlines())
+    add_file(src, "0-first.bin", 5000)
+    done = refresh(m.mnt)
+    assert done.returncode == 0 and "mnt\\nforged line: generation 2 serving" in one_line(done)
+
+
 def test_refresh_and_status_of_what_is_not_a_tartapefs_mount_are_one_line(tmp_path):
     for command in ("--refresh", "--status"):
         done = run_mount_cli(command, tmp_path)
