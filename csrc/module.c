@@ -99,6 +99,24 @@ static PyObject *py_set_openat2(PyObject *self, PyObject *use)
     return PyBool_FromLong(tt_set_openat2(flag));
 }
 
+PyDoc_STRVAR(set_split_doc,
+"set_split(min_rows: int) -> int\n\n"
+"The fewest rows a request of serve() must have for the later half of its members to be\n"
+"served by a second thread while the calling one serves the first half (0: never; on a\n"
+"single CPU, never whatever it says); returns the previous setting. For tests and measurements.");
+
+static PyObject *py_set_split(PyObject *self, PyObject *arg)
+{
+    long min_rows = PyLong_AsLong(arg);
+    if (min_rows == -1 && PyErr_Occurred())
+        return NULL;
+    if (min_rows < 0 || min_rows > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "set_split(): 0 or more rows");
+        return NULL;
+    }
+    return PyLong_FromLong(tt_set_split((int)min_rows));
+}
+
 PyDoc_STRVAR(set_read_hook_doc,
 "set_read_hook(hook) -> None\n\n"
 "For tests: hook() is called after each body pread of serve(), before the check that\n"
@@ -119,6 +137,7 @@ static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))tt_serve, METH_FASTCALL, tt_serve_doc},
     {"set_openat2", py_set_openat2, METH_O, set_openat2_doc},
     {"set_read_hook", py_set_read_hook, METH_O, set_read_hook_doc},
+    {"set_split", py_set_split, METH_O, set_split_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "helper.h"
 #include "rows.h"
 #include "serve.h"
 #include "ustar.h"
@@ -324,6 +325,74 @@ static int serve_plain(folders_t *f, const unsigned char *prefix, size_t prefix_
     return 0;
 }
 
+/* -- a second core: the later members of a request on the helper thread ------------------ */
+
+/* A request with at least this many rows has its later half served by the helper thread
+ * (helper.c) while the calling thread serves the first half: the members of 1-8 KiB files
+ * cost ~5 us each in system calls, ~200 to a 1 MiB request. 0: never. */
+#define SPLIT_MIN_ROWS 16
+static int split_min_rows = SPLIT_MIN_ROWS;
+
+int tt_set_split(int min_rows)
+{
+    return __atomic_exchange_n(&split_min_rows, min_rows, __ATOMIC_RELAXED);
+}
+
+/* The helper's part of a request: rows [i, n) from tape offset pos up to stop, into buf
+ * (which holds the request from tape offset base). It serves plain members only, each
+ * where the one before it ends, and stops at the first it may not serve alone (another
+ * kind, a row out of place, a failed check): i and pos say where. The calling thread then
+ * goes on from there as if it had served the part itself, so whatever stopped the helper
+ * is met again, in order, by the loop that hands it to Python. */
+typedef struct {
+    const unsigned char *prefix;
+    size_t prefix_len;
+    const row_t *row;
+    Py_ssize_t first;       /* the helper's first row (never changed by it) */
+    Py_ssize_t i, n;
+    int64_t pos, stop, base;
+    unsigned char *buf;
+    int root_fd;
+} part_t;
+
+static void serve_part(void *arg)
+{
+    part_t *p = arg;
+    folders_t folders = {.root_fd = p->root_fd};
+    while (p->pos < p->stop && p->i < p->n) {
+        const row_t *r = &p->row[p->i];
+        if (!r->plain || r->end < 0 || r->offset != p->pos)
+            break;
+        int64_t stop = r->end < p->stop ? r->end : p->stop;
+        failure_t why;
+        if (serve_plain(&folders, p->prefix, p->prefix_len, r, p->pos, stop, p->buf + (p->pos - p->base), &why) != 0)
+            break;
+        p->pos = stop;
+        p->i++;
+    }
+    folders_close(&folders);
+}
+
+/* Starts the helper on the later half (by bytes) of rows [i, n) when there are enough of
+ * them: returns the tape offset where the calling thread's part ends (the first byte of the
+ * helper's first member), or -1 when the request is served by the calling thread alone. */
+static int64_t split(part_t *p, const unsigned char *prefix, size_t prefix_len, const row_t *row, Py_ssize_t i,
+                     Py_ssize_t n, int64_t pos, int64_t stop, int64_t base, unsigned char *buf, int root_fd)
+{
+    int min_rows = __atomic_load_n(&split_min_rows, __ATOMIC_RELAXED);
+    if (min_rows <= 0 || n - i < min_rows || read_hook != NULL)
+        return -1;
+    int64_t middle = pos + (stop - pos) / 2;
+    Py_ssize_t k = i + 1;
+    while (k < n && row[k].offset < middle)
+        k++;
+    /* The helper's first member must start where the caller's last one ends. */
+    if (k >= n || row[k].end < 0 || row[k - 1].end != row[k].offset || row[k].offset <= pos || row[k].offset >= stop)
+        return -1;
+    *p = (part_t){prefix, prefix_len, row, k, k, n, row[k].offset, stop, base, buf, root_fd};
+    return tt_helper_start(serve_part, p) ? row[k].offset : -1;
+}
+
 /* What handback gets as its last argument: the errno, or the file's stat as
  * (st_mode, st_ino, st_size, mtime s, mtime ns, ctime s, ctime ns[, got, want, start]). */
 static PyObject *detail(const failure_t *why)
@@ -428,7 +497,15 @@ PyObject *tt_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         i = 1;
     }
     int first = 1;
-    while (pos < end) {
+    /* Many members: the later half on the helper thread, then on from where it stopped. */
+    part_t part;
+    int64_t limit = split(&part, pre, pre_len, row, i, n, pos, end < footer ? end : footer, offset, buf,
+                          (int)root_fd);
+    Py_ssize_t part_first = limit < 0 ? -1 : part.first; /* part.i and part.pos are the helper's until it is done */
+    if (limit < 0)
+        limit = end;
+serve_rows:
+    while (pos < limit) {
         if (pos >= footer) {
             memset(buf + (pos - offset), 0, (size_t)(end - pos));
             break;
@@ -442,7 +519,7 @@ PyObject *tt_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         } else if (r == NULL || r->end < 0 || r->offset != (first ? expect : pos) || pos < r->offset || pos >= r->end) {
             why.why = TT_WHY_INDEX;
         } else {
-            stop = r->end < end ? r->end : end;
+            stop = r->end < limit ? r->end : limit;
             first = 0;
             if (r->plain && serve_plain(&folders, pre, pre_len, r, pos, stop, buf + (pos - offset), &why) == 0) {
                 pos = stop;
@@ -473,6 +550,17 @@ PyObject *tt_serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         ts = PyEval_SaveThread();
         pos = stop;
         i++;
+    }
+    if (part_first >= 0) {
+        tt_helper_wait();
+        if (!failed && i == part_first) { /* else the loop finds row i out of place */
+            pos = part.pos;
+            i = part.i;
+        }
+        part_first = -1;
+        limit = end;
+        if (!failed)
+            goto serve_rows;
     }
     folders_close(&folders);
     PyMem_RawFree(row);

@@ -22,6 +22,10 @@ extern const char tt_serve_doc[];
  * follows it; None removes it. */
 void tt_set_read_hook(PyObject *hook);
 
+/* The fewest rows a request must have for its later half to be served by the helper
+ * thread (0: never); returns the previous setting. */
+int tt_set_split(int min_rows);
+
 /* Whether folders are opened with openat2 (1) or one component at a time (0); returns the
  * previous setting. */
 int tt_set_openat2(int use);

@@ -25,7 +25,7 @@ from tartapefs import reader as reader_module
 from tartapefs.errors import IndexCorruptError
 from mutations import arm_race, disarm_race
 from test_hostile_index import REFUSED_IN_THE_READ, kind_7, nul_in_a_name, text_header_size, text_size
-from trees import archive_of, build_small_tree, content, record
+from trees import archive_of, build_small_tree, content, record, tar_files, tree_files
 
 try:
     from tartapefs import _native
@@ -65,6 +65,16 @@ def openat2(use: bool):
         _native.set_openat2(saved_c)
 
 
+@contextmanager
+def splitting(min_rows: int):
+    """Requests of at least ``min_rows`` rows served half by the helper thread (0: never)."""
+    saved = _native.set_split(min_rows)
+    try:
+        yield
+    finally:
+        _native.set_split(saved)
+
+
 def outcome(reader: TapeReader, offset: int, size: int):
     """The bytes a read gives, or its error as (type, message)."""
     try:
@@ -75,12 +85,15 @@ def outcome(reader: TapeReader, offset: int, size: int):
 
 def both(tape: Tape, ranges) -> tuple[list, list]:
     """The outcomes of ``ranges`` on the pure path and on the compiled one, which must not
-    depend on where the compiled loop got its rows (read in C, or Python's)."""
+    depend on where the compiled loop got its rows (read in C, or Python's), nor on whether
+    a request's later members were served by the helper thread (every request of two rows
+    or more split)."""
     outcomes = []
-    for compiled, c_rows in ((False, True), (True, True), (True, False)):
-        with path(compiled, c_rows), TapeReader(tape) as r:
+    for compiled, c_rows, split in ((False, True, 0), (True, True, 0), (True, False, 0), (True, True, 2)):
+        with path(compiled, c_rows), splitting(split), TapeReader(tape) as r:
             outcomes.append([outcome(r, o, n) for o, n in ranges])
     assert outcomes[2] == outcomes[1], "the compiled loop gave other results from Python's rows"
+    assert outcomes[3] == outcomes[1], "a request split between two threads gave other results"
     return outcomes[0], outcomes[1]
 
 
@@ -404,3 +417,53 @@ def test_a_forged_index_is_the_same_error_on_both_paths(forge, data):
             assert p[0] is IndexCorruptError and isinstance(c, bytes), (o, n, p, c)
             assert len(c) == max(0, min(n, tape.total_size - o))
     assert isinstance(compiled[-1], tuple) and compiled[-1][0] is IndexCorruptError
+
+
+# --- a request split between two threads ----------------------------------------------------
+
+
+def many_small_files(root: Path, count: int = 120) -> None:
+    """``count`` files of 0-9,000 bytes in three folders, a symlink among them."""
+    for i in range(count):
+        folder = root / f"d{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rel = f"d{i % 3}/f{i:04d}".encode()
+        (folder / f"f{i:04d}").write_bytes(content(rel, (i * 7919) % 9001))
+    os.symlink("f0000", root / "d1" / "link")
+
+
+def test_a_request_of_many_members_is_split_between_two_threads_and_reads_as_tarfile(tmp_path):
+    """At the default threshold a request of many small files is served half by the helper
+    thread (it exists afterwards, by its name); the bytes are the pure path's, and Python's
+    tarfile reads every file back as it is on disk, in whole-tape, 1 MiB and odd reads."""
+    src = tmp_path / "src"
+    many_small_files(src)
+    tape = record(src, index_path=str(tmp_path / "index.db"))
+    with tape:
+        with path(False), TapeReader(tape) as r:
+            pure = r.read(0, tape.total_size)
+        with path(True), TapeReader(tape) as r:
+            whole = r.read(0, tape.total_size)
+            chunked = b"".join(r.read(o, 1 << 20) for o in range(0, tape.total_size, 1 << 20))
+            odd = b"".join(r.read(o, 77_777) for o in range(0, tape.total_size, 77_777))
+    assert whole == chunked == odd == pure
+    assert tar_files(whole) == tree_files(src)
+    names = {Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")}
+    assert "tartapefs-part" in names
+
+
+@pytest.mark.parametrize("mutation", ["grow", "delete", "chmod", "replaced_same_size_and_mtime"])
+@pytest.mark.parametrize("where", [0.3, 0.8], ids=["first_half", "later_half"])
+def test_a_changed_file_in_either_half_of_a_split_request_is_the_same_error_as_the_pure_path(
+        tmp_path, mutation, where):
+    """The helper stops at the file it may not serve; the calling thread meets it again in
+    order and hands it to Python, which raises the pure path's error for it."""
+    src = tmp_path / "src"
+    many_small_files(src)
+    tape = record(src, index_path=str(tmp_path / "index.db"))
+    with tape:
+        files = sorted(m.source for m in tape.members() if m.kind == "file")
+        MUTATIONS[mutation](os.fsencode(src), files[int(len(files) * where)], os.fsencode(tmp_path))
+        pure, compiled = both(tape, [(0, tape.total_size), (0, 1 << 20)])
+    assert compiled == pure
+    assert isinstance(pure[0], tuple), pure[0]
