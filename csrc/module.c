@@ -7,13 +7,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "play.h"
 #include "rows.h"
 #include "serve.h"
 #include "ustar.h"
 
 /* Checked by tartapefs/native.py against its own number: a module built from other
  * sources (a stale build of an editable install) is not used. */
-#define TT_ABI 3
+#define TT_ABI 4
 
 #ifndef TT_SOURCE_HASH /* set by setup.py: the SHA-256 of the sources this build was made from */
 #define TT_SOURCE_HASH ""
@@ -134,6 +135,8 @@ static PyObject *py_set_read_hook(PyObject *self, PyObject *hook)
 
 static PyMethodDef methods[] = {
     {"header", py_header, METH_O, header_doc},
+    {"md5s", tt_md5s, METH_O, tt_md5s_doc},
+    {"play_block", (PyCFunction)(void (*)(void))tt_play_block, METH_FASTCALL, tt_play_block_doc},
     {"serve", (PyCFunction)(void (*)(void))tt_serve, METH_FASTCALL, tt_serve_doc},
     {"set_openat2", py_set_openat2, METH_O, set_openat2_doc},
     {"set_read_hook", py_set_read_hook, METH_O, set_read_hook_doc},
