@@ -42,7 +42,7 @@ import pyfuse3
 
 from .bytesource import ByteSource
 from .errors import IndexCorruptError, SourceError, TartapeError
-from .served import NAME_MAX, Directory, Entry, Served, Switch, stable_inode
+from .served import NAME_MAX, Directory, Entry, Planned, Served, Switch, stable_inode
 
 __all__ = ["ROOT_INODE", "TapeFS", "invalidate", "stable_inode"]
 
@@ -144,11 +144,18 @@ class TapeFS(pyfuse3.Operations):
         # retrying a broken member page by page does not flood the log.
         self._reported: set[str] = set()
 
-    def switch(self, catalogue: Mapping[str, Served]) -> Switch:
-        """Serve exactly ``catalogue`` from now on, in one step: no request sees half
-        of it (handlers never await in between). Handles already open keep
-        reading what they opened. Call :func:`invalidate` with the result next.
-        ValueError, before anything changes, for a bad name."""
+    @staticmethod
+    def plan(catalogue: Mapping[str, Served]) -> Planned:
+        """What :meth:`switch` would serve for ``catalogue``, made beforehand and from any
+        thread (names checked, inodes derived), so the switch itself only swaps tables.
+        ValueError for a bad name."""
+        return Directory.plan(catalogue)
+
+    def switch(self, catalogue: Mapping[str, Served] | Planned) -> Switch:
+        """Serve exactly ``catalogue`` (or what :meth:`plan` made of one) from now on, in
+        one step: no request sees half of it (handlers never await in between). Handles
+        already open keep reading what they opened. Call :func:`invalidate` with the
+        result next. ValueError, before anything changes, for a bad name."""
         return self._dir.switch(catalogue)
 
     def put(self, name: str, item: Served) -> Switch:

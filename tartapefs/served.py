@@ -97,6 +97,17 @@ class Switch:
                 f"{len(self.kept)} unchanged")
 
 
+@dataclass
+class Planned:
+    """New entries made by :meth:`Directory.plan`, not served yet, and their names in order."""
+
+    entries: list[Entry]
+    listing: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.listing = tuple(sorted(e.name for e in self.entries))
+
+
 def check_name(name: str) -> bytes:
     """The file name ``name`` as bytes; ValueError unless it can be one file of the folder."""
     raw = os.fsencode(name)
@@ -117,27 +128,39 @@ class Directory:
         #: The names in order, rebuilt at each switch (an open folder lists the one it opened).
         self.listing: tuple[bytes, ...] = ()
 
-    def switch(self, items: Mapping[str, Served]) -> Switch:
-        """Serve exactly ``items`` (name -> item) from now on, all at once. ValueError,
-        before anything changes, for a bad name or two names on one inode."""
-        planned: list[tuple[bytes, int, Served]] = []
+    @staticmethod
+    def plan(items: Mapping[str, Served]) -> Planned:
+        """The entries that would serve ``items`` (name -> item): names checked, inodes
+        derived (a hash each), nothing of this folder touched, so it may run in another
+        thread while the folder serves. ValueError for a bad name or two names on one inode."""
+        entries: list[Entry] = []
         inodes: dict[int, bytes] = {}
         for name, item in items.items():
             raw = check_name(name)
             inode = stable_inode(name, item)
-            other = self._by_inode.get(inode)
-            if inodes.setdefault(inode, raw) != raw or (other is not None and other.name != raw):
+            if inodes.setdefault(inode, raw) != raw:
                 raise ValueError(f"{name!r}: inode collides with another tape, rename it")
-            planned.append((raw, inode, item))
+            entries.append(Entry(raw, inode, item, item.total_size, item.mtime * 1_000_000_000))
+        return Planned(entries)
+
+    def switch(self, items: Mapping[str, Served] | Planned) -> Switch:
+        """Serve exactly ``items`` (name -> item, or what :meth:`plan` made of them, once)
+        from now on, all at once. ValueError, before anything changes, for a bad name or
+        two names on one inode."""
+        planned = items if isinstance(items, Planned) else self.plan(items)
+        for entry in planned.entries:
+            other = self._by_inode.get(entry.inode)
+            if other is not None and other.name != entry.name:
+                raise ValueError(f"{os.fsdecode(entry.name)!r}: inode collides with another tape, rename it")
         result = Switch()
         by_name: dict[bytes, Entry] = {}
-        for raw, inode, item in planned:
+        for entry in planned.entries:
+            raw, inode = entry.name, entry.inode
             old = self.by_name.get(raw)
             kind = result.added if old is None else result.kept if old.inode == inode else result.changed
             kind.append(os.fsdecode(raw))
             if kind is result.changed and self._lookups.get(old.inode, 0) > 0:
                 result.stale.append(raw)
-            entry = Entry(raw, inode, item, item.total_size, item.mtime * 1_000_000_000)
             same = self._by_inode.get(inode)
             self._by_inode[inode] = entry
             if same is not None:
@@ -153,7 +176,7 @@ class Directory:
             if old.current:
                 self._retire(old)
         self.by_name = by_name
-        self.listing = tuple(sorted(by_name))
+        self.listing = planned.listing
         return result
 
     def current(self) -> Iterable[Entry]:

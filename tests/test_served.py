@@ -127,6 +127,35 @@ def test_a_collision_or_a_bad_name_changes_nothing(dropped, monkeypatch):
     assert (dict(d.by_name), d.listing) == before and dropped == []
 
 
+def test_a_plan_made_beforehand_touches_nothing_and_switches_as_the_items_would(dropped):
+    d, e = Directory(dropped.append), Directory()
+    for folder in (d, e):
+        folder.switch({"a.tar": Item(b"a"), "b.tar": Item(b"b")})
+        folder.looked_up(folder.by_name[b"b.tar"])
+    before = (dict(d.by_name), d.listing)
+    items = {"b.tar": Item(b"B"), "a.tar": Item(b"a"), "c.tar": Item(b"c")}
+    planned = Directory.plan(items)
+    assert (dict(d.by_name), d.listing) == before and dropped == []
+    by_plan, by_items = d.switch(planned), e.switch(items)
+    assert by_plan == by_items and by_plan.changed == ["b.tar"] and by_plan.stale == [b"b.tar"]
+    assert d.listing == e.listing == (b"a.tar", b"b.tar", b"c.tar")
+    assert {n: x.inode for n, x in d.by_name.items()} == {n: x.inode for n, x in e.by_name.items()}
+    assert all(d.by_name[x.name] is x for x in planned.entries)
+
+
+def test_a_plan_colliding_with_an_inode_still_held_changes_nothing(dropped, monkeypatch):
+    d = Directory(dropped.append)
+    d.switch({"x.tar": Item(b"x")})
+    import tartapefs.served as served
+
+    monkeypatch.setattr(served, "stable_inode", lambda name, item: d.by_name[b"x.tar"].inode)
+    planned = Directory.plan({"y.tar": Item(b"y")})  # alone, nothing collides
+    before = (dict(d.by_name), d.listing)
+    with pytest.raises(ValueError, match="collides"):
+        d.switch(planned)
+    assert (dict(d.by_name), d.listing) == before and dropped == []
+
+
 def test_the_inode_stands_for_name_fingerprint_size_and_mtime():
     base = stable_inode("x.tar", Item(b"abc", 5))
     assert base == stable_inode("x.tar", Item(b"abc", 5)) > 1
