@@ -33,7 +33,6 @@ and ``--refresh-every``.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -47,16 +46,13 @@ from . import worker
 from .errors import TartapeError, counted
 from .fusefs import TapeFS, invalidate
 from .index import remove_stale_temporaries
-from .record import TapeRecorder
+from .served import Planned
 from .tape import Recording, archives
 
 log = logging.getLogger("tartapefs.mount")
 
 # A line of the recorder longer than this is not one of ours.
 _LINE_MAX = 1 << 16
-#: ``TARTAPEFS_REFRESH_IN=thread`` in the daemon's environment records in a thread of the
-#: daemon instead of a child process: for scripts/bench to measure the two, nothing else.
-IN_THREAD_ENV = "TARTAPEFS_REFRESH_IN"
 
 
 @dataclass(eq=False)
@@ -89,6 +85,7 @@ class Running:
     summary: str = ""  # what the switch changed, by name
     message: str = ""  # the outcome in one line
     ended: float = 0.0
+    planned_ms: float = 0.0  # planning the new items and entries, before the switch
 
 
 class Refresher:
@@ -216,8 +213,8 @@ class Refresher:
             recorded = f"recorded {counted(running.entries, 'entry', 'entries')} in {time.monotonic() - t0:.1f} s"
             if running.switched:
                 running.message = f"generation {self.current.number} serving ({running.summary})"
-                log.info("refresh (%s): %s; %s, switched in %.1f ms", running.why, running.message, recorded,
-                         switch_ms)
+                log.info("refresh (%s): %s; %s, planned in %.1f ms, switched in %.1f ms", running.why,
+                         running.message, recorded, running.planned_ms, switch_ms)
             else:
                 running.message = f"unchanged; generation {self.current.number} keeps serving"
                 log.info("refresh (%s): %s (%s)", running.why, running.message, recorded)
@@ -251,8 +248,6 @@ class Refresher:
 
     async def _record(self, old: Recording, running: Running) -> str:
         """Record ``old``'s folder again in a child process; its fingerprint, or TartapeError."""
-        if os.environ.get(IN_THREAD_ENV) == "thread":
-            return await self._record_in_thread(old, running)
         said: dict[str, str] = {}
         try:
             async with trio.open_nursery() as nursery:
@@ -272,19 +267,6 @@ class Refresher:
             raise TartapeError(f"{old.source_root}: the recorder stopped before the end "
                                f"({_status(proc.returncode)}); nothing was recorded")
         return said["done"]
-
-    async def _record_in_thread(self, old: Recording, running: Running) -> str:
-        """The same recording in a thread of the daemon (only to measure it against the child
-        process: the walk then holds the interpreter lock most of the time). Not
-        cancellable: a daemon stopping meanwhile waits for the walk."""
-        def progress(count: int) -> None:
-            running.entries = count
-
-        recorder = TapeRecorder.from_options(old.options, progress, old.previous())
-        try:
-            return await trio.to_thread.run_sync(recorder.commit)
-        except OSError as err:
-            raise TartapeError(f"{old.source_root}: {err.strerror or err}") from None
 
     async def _listen(self, proc: Any, folder: str, running: Running, said: dict[str, str]) -> None:
         """Read the recorder's lines (see :mod:`tartapefs.worker`) until it ends."""
@@ -309,13 +291,20 @@ class Refresher:
                 return
 
     async def _switch(self, recordings: list[Recording], running: Running) -> float:
-        """Serve ``recordings``' items from now on; the switch's duration in ms."""
+        """Serve ``recordings``' items from now on; the switch's duration in ms.
+
+        The items and their entries (names checked, inodes derived) are planned first, in a
+        thread, while the loop serves; the switch proper (measured) swaps the folder's
+        tables on the loop and tells the kernel which names to look up again, so that it
+        ends when a new open finds the new archive."""
         t0 = time.perf_counter()
-        items = archives(recordings, self._name, self._split)  # UsageError: a name twice
+        # TartapeError: two archives of one name, a bad name, two names on one inode.
+        items, planned = await trio.to_thread.run_sync(self._plan, recordings)
+        t1 = time.perf_counter()
         old = self.current
         gen = self._register(Generation(old.number + 1, recordings, items))
         try:
-            switch = self._fs.switch({item.name: item for item in items})
+            switch = self._fs.switch(planned)
         except ValueError as err:
             self._unregister(gen)
             raise TartapeError(str(err)) from None
@@ -330,7 +319,15 @@ class Refresher:
                       "one's names until its cache expires", err)
         running.switched = switch.switched
         running.summary = switch.describe()
-        return (time.perf_counter() - t0) * 1e3
+        running.planned_ms = (t1 - t0) * 1e3
+        return (time.perf_counter() - t1) * 1e3
+
+    def _plan(self, recordings: list[Recording]) -> tuple[list[Any], Planned]:
+        items = archives(recordings, self._name, self._split)
+        try:
+            return items, TapeFS.plan({item.name: item for item in items})
+        except ValueError as err:
+            raise TartapeError(str(err)) from None
 
     def _unregister(self, gen: Generation) -> None:
         for item in gen.items:

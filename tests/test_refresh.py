@@ -545,15 +545,3 @@ def test_an_encrypted_mount_keeps_its_keys_until_its_archives_change(mounts, tmp
     assert opened.returncode == 0, opened.stderr
     with Recording.discover(str(src)) as recording, recording.tapes()[0].reader() as reader:
         assert opened.stdout == reader.read(0, reader.total_size)
-
-
-def test_recording_in_a_thread_of_the_daemon_gives_the_same_generation(mounts, tmp_path, monkeypatch):
-    """The measurement-only mode of scripts/bench (TARTAPEFS_REFRESH_IN=thread) records the
-    same generation as the child process does."""
-    monkeypatch.setenv("TARTAPEFS_REFRESH_IN", "thread")
-    src = build_tree(tmp_path)
-    m = mounts.foreground(src)
-    add_file(src, "0-first.bin", 5000)
-    done = refresh(m.mnt)
-    assert done.returncode == 0 and "generation 2 serving" in one_line(done)
-    assert m.file.read_bytes() == stream_bytes(src)
