@@ -28,7 +28,7 @@ from . import control
 from .errors import ControlError, TartapeError, counted
 from .fusefs import TapeFS
 from .reader import tune_malloc
-from .process import Progress, Readiness, detach_stdio, sd_notify
+from .process import Progress, Readiness, detach_stdio, give_back_memory, sd_notify
 from .refresh import Refresher
 
 log = logging.getLogger("tartapefs.mount")
@@ -94,6 +94,8 @@ def run_daemon(args: argparse.Namespace, options: set[str], readiness: Readiness
         # Not wrapped by the core (e.g. the index folder cannot be created).
         readiness.failed(f"{err.filename or args.src}: {err.strerror}")
         return 1
+    # A folder recorded just now leaves the walk's memory free in the heap: give it back.
+    give_back_memory()
     refresher = Refresher(args.mountpoint, args.name, args.split)
     refresher.first(recordings, files)
     try:

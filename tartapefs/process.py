@@ -10,6 +10,7 @@ never each other (except that the mount entry point starts the daemon).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import re
@@ -47,6 +48,21 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {show_text(message)} (see {self.prog.split()[0]} --help)\n")
 
+
+
+def give_back_memory() -> None:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    The daemon raises glibc's trim threshold (``reader.tune_malloc``), so memory freed
+    after a one-time peak (the walk of a recording made at mount, the index checked and
+    planned at a refresh, in worker threads' arenas too) would otherwise stay in the
+    process for as long as it serves. Call it after such a peak, never per request: it
+    walks every arena (about a millisecond)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 def parse_size(text: str, option: str) -> int:
     """Bytes from ``text``: a whole number, optionally followed by K, M, G, T (powers of

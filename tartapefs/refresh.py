@@ -46,6 +46,7 @@ from . import worker
 from .errors import TartapeError, counted
 from .fusefs import TapeFS, invalidate
 from .index import remove_stale_temporaries
+from .process import give_back_memory
 from .served import Planned
 from .tape import Recording, archives
 
@@ -219,6 +220,9 @@ class Refresher:
                 running.message = f"unchanged; generation {self.current.number} keeps serving"
                 log.info("refresh (%s): %s (%s)", running.why, running.message, recorded)
         finally:
+            # The new index's check and plan, in worker threads' arenas, and whatever the old
+            # generation held: free now, given back rather than kept for as long as we serve.
+            give_back_memory()
             running.ended = time.time()
             self.refreshes += 1
             self.last, self.running = running, None
