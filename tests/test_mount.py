@@ -275,6 +275,31 @@ def test_changed_source_gives_eio_for_that_member_only(mounts, tmp_path):
     assert lines and str(mount.mnt) in lines[0] and "EIO" in lines[0]
 
 
+@pytest.mark.usefixtures("hot_path")  # the daemon inherits the path
+def test_many_small_files_read_through_the_mount_extract_with_gnu_tar_as_the_source(hot_path, mounts, tmp_path):
+    """1 MiB requests of a few hundred members each: on the compiled path the daemon serves
+    the later half of each request's members on a second thread of the extension (it has
+    one, by its name, afterwards); GNU tar extracts what `dd bs=1M` read to the source tree."""
+    src = tmp_path / "many"
+    b = _Builder(src)
+    for i in range(600):
+        folder = f"d{i % 2}"
+        if i < 2:
+            b.dir(folder.encode())
+        rel = f"{folder}/f{i:04d}".encode()
+        b.file(rel, content(rel, 1024 + (i * 7919) % 7169))
+    b.finish()
+    mount = mounts.foreground(src)
+    copy, out = tmp_path / "copy.tar", tmp_path / "out"
+    subprocess.run(["dd", f"if={mount.file}", f"of={copy}", "bs=1M", "status=none"], check=True)
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(copy), "-C", str(out)], check=True)
+    assert tree_differences(src, out / "many") == []
+    threads = {Path(f"/proc/{mount.proc.pid}/task/{t}/comm").read_text().strip()
+               for t in os.listdir(f"/proc/{mount.proc.pid}/task")}
+    assert ("tartapefs-part" in threads) == (hot_path == "compiled"), threads
+
+
 @pytest.mark.skipif(os.path.exists("/dev/log"), reason="with syslog present the daemon logs there")
 def test_a_background_daemon_without_syslog_logs_the_changed_member_to_its_state_folder(
         mounts, tmp_path, monkeypatch):
