@@ -11,10 +11,11 @@
 #include "rows.h"
 #include "serve.h"
 #include "ustar.h"
+#include "walk.h"
 
 /* Checked by tartapefs/native.py against its own number: a module built from other
  * sources (a stale build of an editable install) is not used. */
-#define TT_ABI 4
+#define TT_ABI 5
 
 #ifndef TT_SOURCE_HASH /* set by setup.py: the SHA-256 of the sources this build was made from */
 #define TT_SOURCE_HASH ""
@@ -166,7 +167,13 @@ PyMODINIT_FUNC PyInit__native(void)
         || PyModule_AddIntConstant(m, "WHY_ERROR", TT_WHY_ERROR) < 0
         || PyModule_AddIntConstant(m, "WHY_INDEX", TT_WHY_INDEX) < 0
         || PyModule_AddIntConstant(m, "WHY_QUERY", TT_WHY_QUERY) < 0
-        || PyType_Ready(&tt_rows_type) < 0 || PyModule_AddObjectRef(m, "Rows", (PyObject *)&tt_rows_type) < 0) {
+        || PyType_Ready(&tt_rows_type) < 0 || PyModule_AddObjectRef(m, "Rows", (PyObject *)&tt_rows_type) < 0
+        || PyModule_AddIntConstant(m, "ITEM_ENTRY", TT_ITEM_ENTRY) < 0
+        || PyModule_AddIntConstant(m, "ITEM_UNREADABLE", TT_ITEM_UNREADABLE) < 0
+        || PyModule_AddIntConstant(m, "ITEM_SKIPPED", TT_ITEM_SKIPPED) < 0
+        || PyModule_AddIntConstant(m, "ITEM_CANNOT_LIST", TT_ITEM_CANNOT_LIST) < 0
+        || PyModule_AddIntConstant(m, "ITEM_MOVED", TT_ITEM_MOVED) < 0
+        || PyType_Ready(&tt_walk_type) < 0 || PyModule_AddObjectRef(m, "Walk", (PyObject *)&tt_walk_type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

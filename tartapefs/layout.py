@@ -156,6 +156,11 @@ class Fingerprint:
             )
         )
 
+    def add_input(self, data: bytes) -> None:
+        """What :meth:`add` would hash for several members, back to back (the compiled
+        walk makes it, csrc/walk.c)."""
+        self._hash.update(data)
+
     def hexdigest(self, total_size: int) -> str:
         final = self._hash.copy()
         final.update(b"total\0%d\0" % total_size)

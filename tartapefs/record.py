@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from . import format as fmt
+from . import native
 from .age import Recipient, RecipientError, parse_recipient, unique
 from .encrypt import EncryptionState, require_crypto
 from .errors import TartapeError, UsageError, show_path
@@ -30,11 +31,11 @@ from .indexdir import IndexFolder
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order, succeeding
 from .plansink import PlanSink
-from .scan import Entry, Excluder, walk
+from .scan import CompiledWalk, Entry, Excluder, walk
+from .wholetape import record_whole
 
 INDEX_DIR = ".tartape"
 INDEX_NAME = "index.db"
-_INDEX_DIR_BYTES = INDEX_DIR.encode()
 
 
 class TapeRecorder:
@@ -114,23 +115,14 @@ class TapeRecorder:
             folder.close()
 
     def _commit(self, index_path: str, folder: IndexFolder) -> str:
-        order = sample_order if self.plan.sharded else None
-        entries = walk(self.src, Excluder(self.exclude) if self.exclude else None, _is_own, self.progress, order)
-
-        def recorded() -> Iterator[Recorded]:
-            for entry in entries:
-                if not self.prefix and not entry.source:
-                    continue  # with no prefix the root folder is not a member
-                yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
-
         with IndexWriter(index_path, folder) as writer, \
                 _GeneratedFiles(writer, self.plan, self.previous) as generated:
-            planner = Planner(os.path.basename(self.src) or "root", self.plan, self.prefix, generated)
-            placed = planner.place(recorded())
-            # In batches: between two, the generated files of a tape just planned are written.
-            while batch := list(itertools.islice(placed, _BATCH)):
-                writer.add_members(batch, self.keep_owner)
-            tapes = succeeding(planner.tapes, self.previous)
+            if native.module is not None and not (self.plan.sharded or self.plan.index_member
+                                                  or self.plan.ratarmount_index):
+                tapes = [self._record_compiled(writer)]
+            else:
+                tapes = self._record_planned(writer, generated)
+            tapes = succeeding(tapes, self.previous)
             writer.add_tapes(tapes)
             if self.recipients:
                 # One state per tape: shards are different plaintexts, and one key and nonce
@@ -155,6 +147,36 @@ class TapeRecorder:
         digest = recording_fingerprint(tapes)
         self.index_path = index_path
         return digest
+
+    def _record_planned(self, writer: IndexWriter, generated: _GeneratedFiles) -> list[PlannedTape]:
+        """The walk placed by the planner (any plan); its tapes."""
+        order = sample_order if self.plan.sharded else None
+        entries = walk(self.src, self._excluder(), INDEX_DIR.encode(), self.progress, order)
+
+        def recorded() -> Iterator[Recorded]:
+            for entry in entries:
+                if not self.prefix and not entry.source:
+                    continue  # with no prefix the root folder is not a member
+                yield Recorded(self._member(entry), entry.st.st_nlink, entry.st.st_size)
+
+        planner = Planner(self._stem(), self.plan, self.prefix, generated)
+        placed = planner.place(recorded())
+        # In batches: between two, the generated files of a tape just planned are written.
+        while batch := list(itertools.islice(placed, _BATCH)):
+            writer.add_members(batch, self.keep_owner)
+        return planner.tapes
+
+    def _record_compiled(self, writer: IndexWriter) -> PlannedTape:
+        """One whole tape without generated files, walked in C (wholetape.py)."""
+        prefix = None if self.keep_owner else self.prefix  # rows made in C only for anonymized members
+        with CompiledWalk(self.src, self._excluder(), INDEX_DIR.encode(), self.progress, prefix) as compiled:
+            return record_whole(compiled, writer, self._member, self._stem(), bool(self.prefix), self.keep_owner)
+
+    def _excluder(self) -> Excluder | None:
+        return Excluder(self.exclude) if self.exclude else None
+
+    def _stem(self) -> str:
+        return os.path.basename(self.src) or "root"
 
     def _member(self, entry: Entry) -> Member:
         st = entry.st
@@ -344,11 +366,6 @@ def _check_index_place(src: str, index_path: str) -> None:
             f"--index {index_path}: inside the source folder, where writing it would change the "
             f"archive it describes; put it outside {src} or in {os.path.join(src, INDEX_DIR)}/"
         )
-
-
-def _is_own(source: bytes) -> bool:
-    """tartapefs' own folder SRC/.tartape is never part of the archive."""
-    return source == _INDEX_DIR_BYTES
 
 
 def _source_dir(src: str) -> str:

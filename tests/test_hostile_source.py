@@ -280,6 +280,7 @@ def test_a_tree_deeper_than_the_open_file_limit_is_recorded_and_streamed_as_gnu_
 
 
 @pytest.mark.index
+@pytest.mark.usefixtures("hot_path")
 def test_a_folder_moved_while_a_deep_walk_has_let_its_parent_go_is_refused(tmp_path, monkeypatch):
     """With two folders open at most, the walk climbs back through each folder's '..': a
     folder moved meanwhile leads elsewhere, and is refused rather than walked on from there."""

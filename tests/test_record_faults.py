@@ -66,6 +66,7 @@ def world_tree():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.usefixtures("hot_path")  # the recording child inherits the path
 def test_unreadable_entries_are_named_at_record_time_and_nothing_is_written(world_tree):
     src, state = world_tree
     # Import (and build the parser, which imports lazily) first, then drop to nobody: the
