@@ -259,6 +259,21 @@ static int name_fits(const char *name, size_t len)
     return cut > 0 && len - cut - 1 <= TT_NAME_MAX;
 }
 
+/* value (>= 0) in decimal, then NUL, at p; returns the place after the NUL (as "%d\0"). */
+static char *decimal(char *p, long long value)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    while (n)
+        *p++ = digits[--n];
+    *p++ = 0;
+    return p;
+}
+
 /* 1 with a new reference in *row when st is a plain member (fingerprint input added
  * and *offset advanced), 0 when it is not (Python makes it), -1 on error. */
 static int plain_row(walk_t *w, const char *source, size_t len, const struct stat *st, int is_dir,
@@ -280,15 +295,26 @@ static int plain_row(walk_t *w, const char *source, size_t len, const struct sta
     if (!name_fits(name, name_len))
         return 0;
     long long mode = st->st_mode & 07777;
-    int n = snprintf(name + name_len, 96, "%c%s%c%lld%c%lld%c%lld%c%c0%c0%c%c%c", 0, is_dir ? "dir" : "file", 0,
-                     size, 0, mode, 0, sec, 0, 0, 0, 0, 0, 0);
+    char *p = name + name_len;
+    *p++ = 0;
+    const char *kind = is_dir ? "dir" : "file";
+    size_t kind_len = is_dir ? 3 : 4;
+    memcpy(p, kind, kind_len + 1); /* with its NUL */
+    p += kind_len + 1;
+    p = decimal(p, size);
+    p = decimal(p, mode);
+    p = decimal(p, sec);
+    static const char rest[7] = {0, '0', 0, '0', 0, 0, 0}; /* no link target, uid 0, gid 0, no owners */
+    memcpy(p, rest, sizeof rest);
+    p += sizeof rest;
+    size_t n = (size_t)(p - (name + name_len));
     long long at = *offset;
     *row = Py_BuildValue("(LiiNLLLlOLLL)", at, TT_BLOCK, is_dir ? TT_KIND_DIR : TT_KIND_FILE, bytes_of(source, len),
                          size, mode, sec, (long)st->st_mtim.tv_nsec, Py_None, (long long)st->st_ino,
                          (long long)st->st_dev, ctime_ns);
     if (*row == NULL)
         return -1;
-    w->fp_len += name_len + (size_t)n;
+    w->fp_len += name_len + n;
     *offset = at + TT_BLOCK + size + (-size & (TT_BLOCK - 1));
     if (sec > *mtime)
         *mtime = sec;
