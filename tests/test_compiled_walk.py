@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -231,9 +232,9 @@ def _build(root: Path, entries) -> None:
         parent = root
         for part in parts[:-1]:
             parent = Path(os.fsdecode(os.fsencode(parent) + b"/" + part))
-            if not parent.exists():
+            if not os.path.lexists(parent):
                 parent.mkdir()
-            elif not parent.is_dir() or parent.is_symlink():
+            elif not stat.S_ISDIR(os.lstat(parent).st_mode):  # a file or symlink there: never followed
                 break
         else:
             path = os.fsencode(parent) + b"/" + parts[-1]
