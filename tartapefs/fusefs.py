@@ -36,15 +36,16 @@ import functools
 import logging
 import os
 import stat
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import pyfuse3
 
+from . import notify
 from .bytesource import ByteSource
 from .errors import IndexCorruptError, SourceError, TartapeError
 from .served import NAME_MAX, Directory, Entry, Planned, Served, Switch, stable_inode
 
-__all__ = ["ROOT_INODE", "TapeFS", "invalidate", "stable_inode"]
+__all__ = ["ROOT_INODE", "TapeFS", "drop_entries", "invalidate", "stable_inode"]
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,38 @@ def _default_reader(item: Any) -> ByteSource:
     return item.reader()
 
 
-def invalidate(switch: Switch) -> None:
+def invalidate(switch: Switch, expire_only: bool = False) -> None:
     """Make the kernel forget its lookups of the names ``switch`` changed or removed
     (those it made: ``switch.stale``) and the folder's own attributes, so that the
     next lookup of a name finds its new inode (pages and attributes of the old
     inodes stay with the handles that hold them). A name it never looked up, or
-    a new one (a failed lookup is not cached), needs nothing.
+    a new one (a failed lookup is not cached), needs nothing. ``expire_only``: only
+    mark the lookups out of date where the kernel can (:mod:`tartapefs.notify`),
+    which is as good for every later lookup and much cheaper, but leaves the old
+    inodes known to the kernel until then: call :func:`drop_entries` after.
     Blocking: the kernel first waits for requests in flight on the folder, so
     call it from a thread other than the one that answers them
     (``trio.to_thread``), never from a handler. Nothing to do when nothing
     switched."""
     if not switch.switched:
         return
-    for name in switch.stale:
+    names = switch.stale
+    if expire_only and names:
+        names = notify.expire_entries(notify.fuse_device_fd(), ROOT_INODE, names)
+    drop_entries(names)
+    pyfuse3.invalidate_inode(ROOT_INODE, attr_only=True)
+
+
+def drop_entries(names: Sequence[bytes]) -> None:
+    """Make the kernel drop its entries for ``names`` in the mount's folder (and with
+    them the inodes nothing else holds: it then forgets them). Blocking, as
+    :func:`invalidate`."""
+    for name in names:
         try:
             pyfuse3.invalidate_entry(ROOT_INODE, name)
         except OSError as err:
             if err.errno != errno.ENOENT:  # ENOENT: the kernel never looked it up
                 raise
-    pyfuse3.invalidate_inode(ROOT_INODE, attr_only=True)
 
 
 def _translated(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -157,6 +171,11 @@ class TapeFS(pyfuse3.Operations):
         already open keep reading what they opened. Call :func:`invalidate` with the
         result next. ValueError, before anything changes, for a bad name."""
         return self._dir.switch(catalogue)
+
+    def not_looked_up(self, names: Sequence[bytes]) -> list[bytes]:
+        """Those of ``names`` whose current entry the kernel has not looked up (a name
+        gone too): where an entry the kernel holds for the name can only be an old one."""
+        return [n for n in names if not self._dir.known(self._dir.by_name.get(n))]
 
     def put(self, name: str, item: Served) -> Switch:
         """Serve ``item`` as ``name``, replacing an entry of that name (its open

@@ -8,11 +8,14 @@ A refresh records every folder again, with the options its recording was made
 with, in a child process (:mod:`tartapefs.worker`) while the daemon answers
 reads; each index is written to a temporary file and renamed over the old one,
 whose open connection keeps reading the file it opened. Only when every folder
-is recorded and its index opened is the new set of items switched in, in one
-step (:meth:`TapeFS.switch`), and the kernel told which names to look up again
-(:func:`invalidate`, in a thread: it blocks until requests in flight on the
-folder are answered). Any failure before the switch leaves the generation
-that serves as it was.
+is recorded and its index opened are the new items planned (in a thread) and
+switched in, in one step (:meth:`TapeFS.switch`), and the kernel told which
+names to look up again (:func:`invalidate`, in a thread: it blocks until
+requests in flight on the folder are answered). It only expires those lookups
+where it can (:mod:`tartapefs.notify`): cheap, and enough for every later open
+to find the new archive; right after, the old entries are dropped
+(:func:`drop_entries`) so that the kernel forgets the old inodes. Any failure
+before the switch leaves the generation that serves as it was.
 
 A name whose bytes did not change keeps its inode (and the kernel's pages);
 new opens read it through the new recording. An encrypted recording is the
@@ -44,7 +47,7 @@ import trio
 
 from . import worker
 from .errors import TartapeError, counted
-from .fusefs import TapeFS, invalidate
+from .fusefs import TapeFS, drop_entries, invalidate
 from .index import remove_stale_temporaries
 from .process import give_back_memory
 from .served import Planned
@@ -138,6 +141,7 @@ class Refresher:
         if gen.live <= 0 and gen is not self.current and gen in self._open:
             self._open.remove(gen)
             self._close_recordings(gen.recordings)
+            give_back_memory()  # what the generation held, once per generation
             log.debug("generation %d closed: nothing reads it any more", gen.number)
 
     def _close_recordings(self, recordings: list[Recording]) -> None:
@@ -317,14 +321,29 @@ class Refresher:
         self.current = gen
         self._close_if_done(old)
         try:
-            await trio.to_thread.run_sync(invalidate, switch)
+            await trio.to_thread.run_sync(partial(invalidate, switch, expire_only=True))
         except OSError as err:
             log.error("the kernel could not be told of the new generation (%s): it may show the old "
                       "one's names until its cache expires", err)
+        else:
+            if switch.stale:
+                self._nursery.start_soon(self._drop_old_entries, switch.stale)
         running.switched = switch.switched
         running.summary = switch.describe()
         running.planned_ms = (t1 - t0) * 1e3
         return (time.perf_counter() - t1) * 1e3
+
+    async def _drop_old_entries(self, names: list[bytes]) -> None:
+        """After a switch: make the kernel drop the entries it may still hold for the old
+        inodes of ``names`` (only expired by the switch), so that an old generation nobody
+        looks up or reads any more is let go. A name looked up since the switch leads to
+        its new inode already and is left alone."""
+        names = self._fs.not_looked_up(names)
+        try:
+            await trio.to_thread.run_sync(drop_entries, names)
+        except OSError as err:
+            log.warning("the kernel could not be told to drop the old generation's names (%s): it "
+                        "keeps them until it needs the memory", err)
 
     def _plan(self, recordings: list[Recording]) -> tuple[list[Any], Planned]:
         items = archives(recordings, self._name, self._split)

@@ -190,6 +190,10 @@ class Directory:
         """The kernel learnt ``entry``'s inode (a lookup or a listed entry)."""
         self._lookups[entry.inode] = self._lookups.get(entry.inode, 0) + 1
 
+    def known(self, entry: Entry | None) -> bool:
+        """Whether the kernel holds a lookup of ``entry``'s inode."""
+        return entry is not None and self._lookups.get(entry.inode, 0) > 0
+
     def forget(self, inode: int, count: int) -> None:
         """The kernel forgot ``count`` lookups of ``inode``."""
         left = self._lookups.get(inode, 0) - count

@@ -545,3 +545,18 @@ def test_an_encrypted_mount_keeps_its_keys_until_its_archives_change(mounts, tmp
     assert opened.returncode == 0, opened.stderr
     with Recording.discover(str(src)) as recording, recording.tapes()[0].reader() as reader:
         assert opened.stdout == reader.read(0, reader.total_size)
+
+
+def test_an_old_generation_nobody_looks_up_again_is_let_go(mounts, tmp_path):
+    """The switch only expires the kernel's lookups of the changed names (cheap); the old
+    inodes it still holds are dropped right after, so the old generation's index (renamed
+    over) is closed even if nobody ever looks the name up again."""
+    src = build_tree(tmp_path)
+    m = mounts.foreground(src)
+    os.stat(m.file)  # the kernel holds the name, whatever the mount's own start did
+    add_file(src, "0-first.bin", 5000)
+    done = refresh(m.mnt)
+    assert done.returncode == 0 and "generation 2 serving" in one_line(done)
+    wait_until(lambda: not any("(deleted)" in f for f in open_index_files(m.proc.pid)),
+               "the old generation's index closed")
+    assert os.stat(m.file).st_size == len(stream_bytes(src))

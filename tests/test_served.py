@@ -161,3 +161,11 @@ def test_the_inode_stands_for_name_fingerprint_size_and_mtime():
     assert base == stable_inode("x.tar", Item(b"abc", 5)) > 1
     assert len({base, stable_inode("y.tar", Item(b"abc", 5)), stable_inode("x.tar", Item(b"abd", 5)),
                 stable_inode("x.tar", Item(b"abc", 6))}) == 4
+
+
+def test_known_says_whether_the_kernel_holds_a_lookup_of_the_entry(dropped):
+    d = Directory(dropped.append)
+    entry = served(d, b"x", lookups=1)
+    assert d.known(entry) and not d.known(None)
+    d.forget(entry.inode, 1)
+    assert not d.known(entry)
