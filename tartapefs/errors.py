@@ -135,6 +135,11 @@ def show_text(text: str) -> str:
     return text if text.isprintable() else _escaped(text)
 
 
+# The line and paragraph separators: not control characters, but lines end there for
+# Python's splitlines() and for some log viewers.
+_LINE_BREAKS = (0x2028, 0x2029)
+
+
 def _escaped(text: str) -> str:
     out = []
     for ch in text:
@@ -143,7 +148,7 @@ def _escaped(text: str) -> str:
             out.append(_NAMED[ch])
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as surrogateescape keeps it
             out.append("\\x%02x" % (code - 0xDC00))
-        elif code < 0x20 or 0x7F <= code <= 0x9F:
+        elif code < 0x20 or 0x7F <= code <= 0x9F or code in _LINE_BREAKS:
             out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
         else:
             out.append(ch)

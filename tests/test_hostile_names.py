@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mountutil import NEEDS_MOUNT, TARTAPE, bounded, one_line, pread_errno
@@ -34,6 +34,7 @@ def forged_lines(text: str) -> list[str]:
 
 @pytest.mark.pure
 @given(st.text(max_size=40))
+@example("\u20280\u2029")  # line and paragraph separators: lines end there too
 def test_show_text_is_one_line_without_control_characters_and_keeps_backslashes(text):
     shown = show_text(text)
     assert len(shown.splitlines()) <= 1
