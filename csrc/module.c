@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "insert.h"
 #include "play.h"
 #include "rows.h"
 #include "serve.h"
@@ -15,7 +16,7 @@
 
 /* Checked by tartapefs/native.py against its own number: a module built from other
  * sources (a stale build of an editable install) is not used. */
-#define TT_ABI 5
+#define TT_ABI 6
 
 #ifndef TT_SOURCE_HASH /* set by setup.py: the SHA-256 of the sources this build was made from */
 #define TT_SOURCE_HASH ""
@@ -173,7 +174,9 @@ PyMODINIT_FUNC PyInit__native(void)
         || PyModule_AddIntConstant(m, "ITEM_SKIPPED", TT_ITEM_SKIPPED) < 0
         || PyModule_AddIntConstant(m, "ITEM_CANNOT_LIST", TT_ITEM_CANNOT_LIST) < 0
         || PyModule_AddIntConstant(m, "ITEM_MOVED", TT_ITEM_MOVED) < 0
-        || PyType_Ready(&tt_walk_type) < 0 || PyModule_AddObjectRef(m, "Walk", (PyObject *)&tt_walk_type) < 0) {
+        || PyType_Ready(&tt_walk_type) < 0 || PyModule_AddObjectRef(m, "Walk", (PyObject *)&tt_walk_type) < 0
+        || PyType_Ready(&tt_inserter_type) < 0
+        || PyModule_AddObjectRef(m, "Inserter", (PyObject *)&tt_inserter_type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

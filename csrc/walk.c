@@ -29,6 +29,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "insert.h"
 #include "ustar.h"
 #include "walk.h"
 
@@ -274,10 +275,11 @@ static char *decimal(char *p, long long value)
     return p;
 }
 
-/* 1 with a new reference in *row when st is a plain member (fingerprint input added
- * and *offset advanced), 0 when it is not (Python makes it), -1 on error. */
-static int plain_row(walk_t *w, const char *source, size_t len, const struct stat *st, int is_dir,
-                     long long *offset, long long *mtime, PyObject **row)
+/* 1 when st is a plain member: its row inserted through ins, or given (a new reference)
+ * in *row without one; fingerprint input added and *offset advanced. 0 when it is not
+ * (Python makes it), -1 on error. */
+static int plain_row(walk_t *w, tt_inserter_t *ins, const char *source, size_t len, const struct stat *st,
+                     int is_dir, long long *offset, long long *mtime, PyObject **row)
 {
     long long size = is_dir ? 0 : (long long)st->st_size;
     long long sec = st->st_mtim.tv_sec, ctime_ns;
@@ -309,11 +311,30 @@ static int plain_row(walk_t *w, const char *source, size_t len, const struct sta
     p += sizeof rest;
     size_t n = (size_t)(p - (name + name_len));
     long long at = *offset;
-    *row = Py_BuildValue("(LiiNLLLlOLLL)", at, TT_BLOCK, is_dir ? TT_KIND_DIR : TT_KIND_FILE, bytes_of(source, len),
-                         size, mode, sec, (long)st->st_mtim.tv_nsec, Py_None, (long long)st->st_ino,
-                         (long long)st->st_dev, ctime_ns);
-    if (*row == NULL)
-        return -1;
+    if (ins != NULL) { /* straight into the index: the columns of index.py's anonymized rows */
+        sqlite3_stmt *q = ins->anon;
+        sqlite3_bind_int64(q, 1, at);
+        sqlite3_bind_int64(q, 2, TT_BLOCK);
+        sqlite3_bind_int64(q, 3, is_dir ? TT_KIND_DIR : TT_KIND_FILE);
+        sqlite3_bind_blob(q, 4, source, (int)len, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 5, size);
+        sqlite3_bind_int64(q, 6, mode);
+        sqlite3_bind_int64(q, 7, sec);
+        sqlite3_bind_int64(q, 8, st->st_mtim.tv_nsec);
+        sqlite3_bind_null(q, 9);
+        sqlite3_bind_int64(q, 10, (long long)st->st_ino);
+        sqlite3_bind_int64(q, 11, (long long)st->st_dev);
+        sqlite3_bind_int64(q, 12, ctime_ns);
+        if (tt_insert_step(ins, q) < 0)
+            return -1;
+        *row = NULL;
+    } else {
+        *row = Py_BuildValue("(LiiNLLLlOLLL)", at, TT_BLOCK, is_dir ? TT_KIND_DIR : TT_KIND_FILE,
+                             bytes_of(source, len), size, mode, sec, (long)st->st_mtim.tv_nsec, Py_None,
+                             (long long)st->st_ino, (long long)st->st_dev, ctime_ns);
+        if (*row == NULL)
+            return -1;
+    }
     w->fp_len += name_len + n;
     *offset = at + TT_BLOCK + size + (-size & (TT_BLOCK - 1));
     if (sec > *mtime)
@@ -322,6 +343,14 @@ static int plain_row(walk_t *w, const char *source, size_t len, const struct sta
 }
 
 /* -- the walk ------------------------------------------------------------------------ */
+
+/* What one call of Walk.next makes of plain members. */
+typedef struct {
+    PyObject *rows;      /* their rows, when no inserter */
+    tt_inserter_t *ins;  /* or inserted here */
+    Py_ssize_t count, limit;
+    long long offset, mtime;
+} batch_t;
 
 static int push(walk_t *w, int fd, const char *source, size_t len, folder_t *listed)
 {
@@ -413,16 +442,18 @@ static PyObject *enter(walk_t *w, int fd, const char *source, size_t len)
     Py_RETURN_NONE;
 }
 
-/* The plain member's row appended to rows (1), or 0 when it is not one or no rows are
+/* The plain member's row inserted or appended to the batch's rows (1), or 0 when it is not one or no rows are
  * made (Python makes it), -1 on error. */
-static int add_plain(walk_t *w, PyObject *rows, const char *source, size_t len, const struct stat *st, int is_dir,
-                     long long *offset, long long *mtime)
+static int add_plain(walk_t *w, batch_t *b, const char *source, size_t len, const struct stat *st, int is_dir)
 {
     PyObject *row;
-    int plain = w->rows ? plain_row(w, source, len, st, is_dir, offset, mtime, &row) : 0;
+    int plain = w->rows ? plain_row(w, b->ins, source, len, st, is_dir, &b->offset, &b->mtime, &row) : 0;
     if (plain <= 0)
         return plain;
-    int rc = PyList_Append(rows, row);
+    b->count++;
+    if (row == NULL)
+        return 1;
+    int rc = PyList_Append(b->rows, row);
     Py_DECREF(row);
     return rc < 0 ? -1 : 1;
 }
@@ -465,7 +496,7 @@ static PyObject *start(walk_t *w)
 
 /* Walk on until the next item for Python (returned), the end (None, done set), or a full
  * batch of rows (None). NULL with an error set on failure. */
-static PyObject *step(walk_t *w, PyObject *rows, Py_ssize_t limit, long long *offset, long long *mtime)
+static PyObject *step(walk_t *w, batch_t *b)
 {
     if (w->root_fd >= 0)
         return start(w);
@@ -478,7 +509,7 @@ static PyObject *step(walk_t *w, PyObject *rows, Py_ssize_t limit, long long *of
                 return item;
             continue;
         }
-        if (PyList_GET_SIZE(rows) >= limit)
+        if (b->count >= b->limit)
             Py_RETURN_NONE;
         name_t nm = folder->names[folder->next++];
         size_t slen = folder->source_len + (folder->source_len ? 1 : 0) + nm.len;
@@ -523,7 +554,7 @@ static PyObject *step(walk_t *w, PyObject *rows, Py_ssize_t limit, long long *of
         if (S_ISREG(st.st_mode)) {
             if (!allowed(w, &st, dir_fd, name, R_OK))
                 return Py_BuildValue("(iy#s)", TT_ITEM_UNREADABLE, source, (Py_ssize_t)slen, "permission denied");
-            int plain = st.st_nlink == 1 ? add_plain(w, rows, source, slen, &st, 0, offset, mtime) : 0;
+            int plain = st.st_nlink == 1 ? add_plain(w, b, source, slen, &st, 0) : 0;
             if (plain < 0)
                 return NULL;
             if (!plain)
@@ -546,7 +577,7 @@ static PyObject *step(walk_t *w, PyObject *rows, Py_ssize_t limit, long long *of
                 return failed;
             Py_DECREF(failed);
             /* enter may have moved the stack; source lives in w->path, untouched */
-            int plain = add_plain(w, rows, source, slen, &st, 1, offset, mtime);
+            int plain = add_plain(w, b, source, slen, &st, 1);
             if (plain < 0)
                 return NULL;
             if (!plain)
@@ -672,32 +703,40 @@ static PyObject *walk_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 }
 
 PyDoc_STRVAR(walk_next_doc,
-"next(offset, limit) -> (rows, fingerprint_input, offset, mtime, item)\n\n"
-"Walk on. rows: the index rows of the plain members met (at most limit; only when rows\n"
-"were asked for), placed from offset on; fingerprint_input: their layout.Fingerprint.add\n"
+"next(offset, limit, inserter=None) -> (count, rows, fingerprint_input, offset, mtime, item)\n\n"
+"Walk on. count: the plain members met (at most limit; only when rows were asked for),\n"
+"placed from offset on; rows: their index rows, or [] when inserted through inserter\n"
+"(an Inserter); fingerprint_input: their layout.Fingerprint.add\n"
 "input, back to back; offset: past them; mtime: the newest of their mtimes (s, 0 if none);\n"
 "item: the next thing for Python (a tuple, see walk.h), or None: the batch is full or,\n"
 "when done is true, the walk is over. Callback errors and OSError propagate.");
 
 static PyObject *walk_next(walk_t *w, PyObject *args)
 {
-    long long offset, mtime = 0;
-    Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "Ln", &offset, &limit))
+    batch_t b = {0};
+    PyObject *ins = Py_None;
+    if (!PyArg_ParseTuple(args, "Ln|O", &b.offset, &b.limit, &ins))
         return NULL;
+    if (ins != Py_None) {
+        if (!PyObject_TypeCheck(ins, &tt_inserter_type) || ((tt_inserter_t *)ins)->db == NULL) {
+            PyErr_SetString(PyExc_TypeError, "next(): an open Inserter or None");
+            return NULL;
+        }
+        b.ins = (tt_inserter_t *)ins;
+    }
     if (w->done)
-        return Py_BuildValue("([]y#LiO)", "", (Py_ssize_t)0, offset, 0, Py_None);
-    PyObject *rows = PyList_New(0);
-    if (rows == NULL)
+        return Py_BuildValue("(i[]y#LiO)", 0, "", (Py_ssize_t)0, b.offset, 0, Py_None);
+    b.rows = PyList_New(0);
+    if (b.rows == NULL)
         return NULL;
     w->fp_len = 0;
-    PyObject *item = step(w, rows, limit, &offset, &mtime);
+    PyObject *item = step(w, &b);
     if (item == NULL) {
-        Py_DECREF(rows);
+        Py_DECREF(b.rows);
         walk_close(w);
         return NULL;
     }
-    return Py_BuildValue("(Ny#LLN)", rows, w->fp, (Py_ssize_t)w->fp_len, offset, mtime, item);
+    return Py_BuildValue("(nNy#LLN)", b.count, b.rows, w->fp, (Py_ssize_t)w->fp_len, b.offset, b.mtime, item);
 }
 
 static PyObject *walk_close_py(walk_t *w, PyObject *unused)

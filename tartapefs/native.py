@@ -15,7 +15,7 @@ from types import ModuleType
 
 #: The interface number the Python code expects of the extension (csrc/module.c,
 #: TT_ABI); a build of other sources, as a stale in-place build can be, is not used.
-ABI = 5
+ABI = 6
 
 
 def _load() -> tuple[ModuleType | None, str]:

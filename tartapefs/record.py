@@ -26,8 +26,9 @@ from . import native
 from .age import Recipient, RecipientError, parse_recipient, unique
 from .encrypt import EncryptionState, require_crypto
 from .errors import TartapeError, UsageError, show_path
-from .index import INDEX_MEMBER, RATARMOUNT_INDEX, GeneratedWriter, IndexWriter
+from .index import INDEX_MEMBER, RATARMOUNT_INDEX
 from .indexdir import IndexFolder
+from .indexwriter import GeneratedWriter, IndexWriter
 from .layout import BYTES_VERSION, Member, archive_name, is_relative_path
 from .plan import PlannedTape, Planner, PlanOptions, Recorded, sample_order, succeeding
 from .plansink import PlanSink

@@ -212,8 +212,8 @@ class CompiledWalk:
 
     :meth:`step` walks on; with ``prefix`` given (bytes, the members' name prefix) the
     extension also turns each *plain* member (a folder, or a regular file with one link,
-    anonymized, whose header is one ustar block) into its index row
-    (``IndexWriter.add_rows``) and fingerprint input (``Fingerprint.add_input``); every
+    anonymized, whose header is one ustar block) into its index row (inserted, or as
+    ``IndexWriter.add_rows`` takes it) and fingerprint input (``Fingerprint.add_input``); every
     other entry comes back as the :class:`Entry` :func:`walk` yields. The same warnings and
     errors as :func:`walk`, from the same code. Use as a context manager (closes the folders).
     """
@@ -234,14 +234,15 @@ class CompiledWalk:
         self._unreadable: list[bytes] = []
         self.done = False
 
-    def step(self, offset: int) -> tuple[list[tuple], bytes, int, int, Entry | None]:
-        """``(rows, fingerprint input, offset, mtime, entry)``: the rows of the plain members
-        met next, placed from ``offset`` on, their fingerprint input, the offset past them,
-        their newest mtime (s; 0 when none), and the next entry for Python, or None: call
-        again, unless :attr:`done` (the walk is over)."""
+    def step(self, offset: int, inserter=None) -> tuple[int, list[tuple], bytes, int, int, Entry | None]:
+        """``(count, rows, fingerprint input, offset, mtime, entry)``: how many plain members
+        were met next, placed from ``offset`` on, their rows (``[]`` when inserted through
+        ``inserter``, a ``tartapefs._native.Inserter``), their fingerprint input, the offset
+        past them, their newest mtime (s; 0 when none), and the next entry for Python, or
+        None: call again, unless :attr:`done` (the walk is over)."""
         walk = self._walk
         while True:
-            rows, fp, end, mtime, item = walk.next(offset, _ROWS_BATCH)
+            count, rows, fp, end, mtime, item = walk.next(offset, _ROWS_BATCH, inserter)
             entry = None
             if item is None:
                 if walk.done:
@@ -249,8 +250,8 @@ class CompiledWalk:
                     _finish(walk.count, self._progress, self._unreadable)
             else:
                 entry = self._entry(item)
-            if rows or entry is not None or self.done:
-                return rows, fp, end, mtime, entry
+            if count or entry is not None or self.done:
+                return count, rows, fp, end, mtime, entry
 
     def _entry(self, item: tuple) -> Entry | None:
         what, source, *rest = item
@@ -290,7 +291,7 @@ def _compiled_entries(root: str, exclude: Callable[[bytes, bytes], bool] | None,
     """:func:`walk`, compiled."""
     with CompiledWalk(root, exclude, skip, progress) as walk:
         while not walk.done:
-            entry = walk.step(0)[4]
+            entry = walk.step(0)[5]
             if entry is not None:
                 yield entry
 

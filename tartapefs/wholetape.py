@@ -12,17 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import format as fmt
-from .index import IndexWriter, member_rows
+from .indexwriter import IndexWriter, member_rows
 from .layout import Fingerprint, Member
 from .plan import PlannedTape, tape_name
 from .scan import CompiledWalk, Entry
 
-_BATCH = 8192  # rows per insert
-
-
 def record_whole(walk: CompiledWalk, writer: IndexWriter, member: Callable[[Entry], Member], stem: str,
                  keep_root: bool, keep_owner: bool) -> PlannedTape:
-    """Walk to the end, inserting every member's row into ``writer``; the tape.
+    """Walk to the end, inserting every member's row into ``writer`` (through the
+    extension's own connection, :meth:`IndexWriter.compiled_inserts`); the tape.
 
     ``member(entry)``: the recorder's member for an entry the walk hands back
     (offset 0); ``keep_root``: whether the root folder is a member (a prefix);
@@ -30,26 +28,21 @@ def record_whole(walk: CompiledWalk, writer: IndexWriter, member: Callable[[Entr
     """
     fingerprint = Fingerprint()
     offset = count = mtime = 0
-    pending: list[tuple] = []
-    while not walk.done:
-        rows, fp, end, newest, entry = walk.step(offset)
-        if rows:
-            pending += rows
-            fingerprint.add_input(fp)
-            count += len(rows)
-            offset = end
-            mtime = max(mtime, newest)
-        if entry is not None and (entry.source or keep_root):
-            m = member(entry)
-            h = m.header
-            fingerprint.add(h, m.header_size)
-            pending += member_rows([m._replace(offset=offset)], keep_owner)
-            offset += m.header_size + h.size + fmt.padding(h.size)
-            count += 1
-            mtime = max(mtime, h.mtime)
-        if len(pending) >= _BATCH:
-            writer.add_rows(pending, keep_owner)
-            pending = []
-    writer.add_rows(pending, keep_owner)
+    with writer.compiled_inserts() as inserter:
+        while not walk.done:
+            plain, _, fp, end, newest, entry = walk.step(offset, inserter)
+            if plain:
+                fingerprint.add_input(fp)
+                count += plain
+                offset = end
+                mtime = max(mtime, newest)
+            if entry is not None and (entry.source or keep_root):
+                m = member(entry)
+                h = m.header
+                fingerprint.add(h, m.header_size)
+                inserter.insert(list(member_rows([m._replace(offset=offset)], keep_owner)))
+                offset += m.header_size + h.size + fmt.padding(h.size)
+                count += 1
+                mtime = max(mtime, h.mtime)
     total = offset + len(fmt.FOOTER)
     return PlannedTape(0, tape_name(stem, None), 0, total, count, fingerprint.hexdigest(total), mtime, 0, None)

@@ -109,7 +109,7 @@ def test_the_compiled_walk_makes_rows_only_for_plain_members(hard_source):
     with scan.CompiledWalk(str(hard_source.root), prefix=b"data") as walk:
         offset = 0
         while not walk.done:
-            rows, _, offset, _, entry = walk.step(offset)
+            _, rows, _, offset, _, entry = walk.step(offset)
             if entry is not None:
                 handed.append(entry)
     kinds = {e.kind for e in handed}
@@ -312,3 +312,20 @@ def test_unreadable_entries_are_refused_the_same_on_both_paths(world_dir):
     assert out["pure"]["error"].startswith("UsageError: 2 entries cannot be read, first closed")
     assert sorted(out["pure"]["warnings"]) == ["closed: cannot be read (permission denied)",
                                                "secret.txt: cannot be read (permission denied)"]
+
+
+@pytest.mark.parametrize("row, reason", [
+    ((0,) * 11 + (1 << 64,), "Python int too large to convert to SQLite INTEGER"),
+    ((0,) * 12, "UNIQUE constraint failed: members.offset"),  # the same offset twice
+], ids=["overflow", "constraint"])
+def test_a_failed_compiled_insert_is_one_line_and_leaves_no_temporary(tmp_path, row, reason):
+    from tartapefs.indexwriter import IndexWriter
+
+    index = tmp_path / "index.db"
+    with pytest.raises(TartapeError) as caught:
+        with IndexWriter(str(index)) as writer:
+            with writer.compiled_inserts() as inserter:
+                inserter.insert([(0,) * 12, (512,) + (0,) * 11])
+                inserter.insert([row])
+    assert str(caught.value) == f"{index}: cannot write the index ({reason}); the previous index is unchanged"
+    assert os.listdir(tmp_path) == []

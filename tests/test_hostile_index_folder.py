@@ -127,7 +127,7 @@ def test_stale_temporary_cleanup_never_removes_what_it_did_not_create(nobodys_sr
 def test_a_failed_start_never_removes_a_file_found_under_the_temporary_name(tmp_path, monkeypatch):
     """Should the unguessable name be taken after all, the writer fails and leaves that file."""
     from tartapefs import TartapeError
-    from tartapefs.index import IndexWriter
+    from tartapefs.indexwriter import IndexWriter
     from tartapefs.indexdir import IndexFolder
 
     taken = tmp_path / "index.db.1.0123456789abcdef.tmp"

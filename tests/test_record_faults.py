@@ -147,7 +147,7 @@ def test_sigint_during_record_leaves_the_previous_index_and_no_temporary(recorde
 def test_an_interrupt_before_the_temporary_descriptor_is_held_leaves_no_temporary(tmp_path, monkeypatch):
     """The window a SIGINT hits at random in the test above, made certain: the file is made,
     and KeyboardInterrupt comes before its descriptor reaches the writer."""
-    from tartapefs.index import IndexWriter
+    from tartapefs.indexwriter import IndexWriter
     from tartapefs.indexdir import IndexFolder
 
     made = IndexFolder.create
