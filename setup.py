@@ -15,8 +15,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["csrc/helper.c", "csrc/insert.c", "csrc/md5.c", "csrc/module.c", "csrc/play.c", "csrc/rows.c", "csrc/serve.c", "csrc/ustar.c",
-           "csrc/walk.c"]
+SOURCES = ["csrc/helper.c", "csrc/insert.c", "csrc/md5.c", "csrc/members.c", "csrc/module.c", "csrc/play.c",
+           "csrc/rows.c", "csrc/serve.c", "csrc/ustar.c", "csrc/walk.c"]
 
 
 def source_hash(folder: Path) -> str:

@@ -8,6 +8,7 @@
 #include <Python.h>
 
 #include "insert.h"
+#include "members.h"
 #include "play.h"
 #include "rows.h"
 #include "serve.h"
@@ -137,6 +138,7 @@ static PyObject *py_set_read_hook(PyObject *self, PyObject *hook)
 
 static PyMethodDef methods[] = {
     {"header", py_header, METH_O, header_doc},
+    {"members", (PyCFunction)(void (*)(void))tt_members, METH_FASTCALL, tt_members_doc},
     {"md5s", tt_md5s, METH_O, tt_md5s_doc},
     {"play_block", (PyCFunction)(void (*)(void))tt_play_block, METH_FASTCALL, tt_play_block_doc},
     {"serve", (PyCFunction)(void (*)(void))tt_serve, METH_FASTCALL, tt_serve_doc},

@@ -8,22 +8,14 @@
 
 #include "md5.h"
 #include "play.h"
+#include "pyint.h"
 
 #define BLOCK 512
 
 /* An int that fits int64 and is not negative; 0 otherwise (no error left set). */
 static int count_of(PyObject *value, int64_t *out)
 {
-    if (!PyLong_CheckExact(value))
-        return 0;
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow || v < 0 || (v == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = v;
-    return 1;
+    return tt_int64(value, out) && *out >= 0;
 }
 
 /* A new instance of the tuple subclass `type` (a NamedTuple) holding a, b, c, d. */

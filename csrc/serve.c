@@ -14,23 +14,10 @@
 #include <unistd.h>
 
 #include "helper.h"
+#include "pyint.h"
 #include "rows.h"
 #include "serve.h"
 #include "ustar.h"
-
-static int as_int64(PyObject *value, int64_t *out)
-{
-    if (!PyLong_CheckExact(value))
-        return 0;
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow || (v == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = v;
-    return 1;
-}
 
 /* As Python's ``value or default`` sees it: None, 0, b"". */
 static int is_empty(PyObject *value)
@@ -48,16 +35,16 @@ static int parse_row(PyObject *tuple, int64_t base, size_t prefix_len, row_t *r)
     raw_row_t raw = {0};
     if (PyTuple_Check(tuple) && PyTuple_GET_SIZE(tuple) == C_COUNT) {
         PyObject *source = PyTuple_GET_ITEM(tuple, C_SOURCE);
-        raw.placed = as_int64(PyTuple_GET_ITEM(tuple, C_OFFSET), &raw.offset)
-                     && as_int64(PyTuple_GET_ITEM(tuple, C_HEADER_SIZE), &raw.header_size)
-                     && as_int64(PyTuple_GET_ITEM(tuple, C_SIZE), &raw.size);
-        raw.typed = as_int64(PyTuple_GET_ITEM(tuple, C_KIND), &raw.kind)
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_MODE), &raw.mode)
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_MTIME_S), &raw.mtime_s)
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_MTIME_NSEC), &raw.mtime_nsec)
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_INO), &raw.ino)
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_DEV), &(int64_t){0})
-                    && as_int64(PyTuple_GET_ITEM(tuple, C_CTIME_NS), &raw.ctime_ns) && PyBytes_Check(source);
+        raw.placed = tt_int64(PyTuple_GET_ITEM(tuple, C_OFFSET), &raw.offset)
+                     && tt_int64(PyTuple_GET_ITEM(tuple, C_HEADER_SIZE), &raw.header_size)
+                     && tt_int64(PyTuple_GET_ITEM(tuple, C_SIZE), &raw.size);
+        raw.typed = tt_int64(PyTuple_GET_ITEM(tuple, C_KIND), &raw.kind)
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_MODE), &raw.mode)
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_MTIME_S), &raw.mtime_s)
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_MTIME_NSEC), &raw.mtime_nsec)
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_INO), &raw.ino)
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_DEV), &(int64_t){0})
+                    && tt_int64(PyTuple_GET_ITEM(tuple, C_CTIME_NS), &raw.ctime_ns) && PyBytes_Check(source);
         if (raw.typed) {
             raw.source = (const unsigned char *)PyBytes_AS_STRING(source);
             raw.source_len = (size_t)PyBytes_GET_SIZE(source);

@@ -51,10 +51,13 @@ from . import format as fmt
 from . import native
 from .errors import (IndexCorruptError, SourceBusyError, SourceChangedError, SourceError, SourceUnreadableError,
                      UsageError, show_path)
+from . import index as index_module
 from .index import INDEX_MEMBER
 from .layout import Member, locate
 
 _WINDOW = 64  # members fetched per index query
+# What the compiled loop makes members with (csrc/members.c; index.Index._members is its reference).
+_MEMBER_TYPES = (fmt.Header, Member, index_module._CODE_KIND, fmt.DIR, fmt.HARDLINK, index_module._GENERATED, b"", 0)
 _NO_CURSOR = 1 << 62  # a cursor with no next member in any window
 # O_NONBLOCK | O_NOCTTY, as GNU tar opens what it archives: a FIFO put in a file's place must
 # not block the open until a writer comes (every other request would wait with it), a write
@@ -106,8 +109,11 @@ class TapeReader:
         """The members whose bytes the last read() returned, in tape order: a caller cutting
         the bytes at member boundaries (the stream) needs them and need not look them up."""
         if self._served is None:  # the compiled path: made only when asked
-            offset = self._last[0]
-            self._served = [m for m in self._index.members(self._python_rows()) if m.end > offset]
+            offset, rows = self._last[0], self._python_rows()
+            made = self._c.members(rows, self._index.start, self.tape.prefix, offset, _MEMBER_TYPES)
+            if made is None:  # a row the index checks further: its checks decide
+                made = [m for m in self._index.members(rows) if m.end > offset]
+            self._served = made
         return self._served
 
     def read(self, offset: int, size: int) -> bytes:
@@ -232,7 +238,11 @@ class TapeReader:
         """Python's rows of the last compiled read (the same statement the C loop runs)."""
         if self._rows is None:
             offset, stop = self._last
-            self._rows = self._index.rows_between(offset, stop) if offset < stop else []
+            native_rows = self._index.native_rows
+            rows = native_rows.fetch(self._index.start, offset, stop) if native_rows is not None and offset < stop else None
+            if rows is None:  # no connection of the compiled loop, or a column it leaves to sqlite3
+                rows = self._index.rows_between(offset, stop) if offset < stop else []
+            self._rows = rows
         return self._rows
 
     def _handback(self, i: int, pos: int, stop: int, why: int, detail) -> bytes:

@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tartapefs import MemoryTape, PlanOptions, Recording, Tape, TapePlayer, TapeRecorder, TartapeError, native
+from tartapefs import reader as reader_module
 from tartapefs import stream as stream_module
-from test_native_read import build, path, tree_specs
-from trees import archive_of, content, record
+from tartapefs.errors import IndexCorruptError
+from test_native_read import FORGERIES, build, path, tree_specs
+from test_hostile_index import text_header_size, text_size
+from trees import archive_of, build_small_tree, content, record
 
 try:
     from tartapefs import _native
@@ -197,7 +200,99 @@ def test_a_changed_source_stops_both_paths_after_the_same_events_with_the_same_e
             victim.unlink()
         else:
             victim.chmod(0o600)
-        for start, chunk in ((0, 1 << 20), (0, 4096), (tape.locate("src/" + names[100]).offset, 1 << 20)):
+        for start, chunk in ((0, 1 << 20), (0, 4096), (0, 1 << 16), (tape.locate("src/" + names[100]).offset, 1 << 20)):
             pure, compiled = both(tape, start, chunk)
             assert compiled == pure
             assert isinstance(compiled[-1], tuple) and names[150] in compiled[-1][1]
+
+
+# --- members made in C (reader.served) -------------------------------------------------------
+
+MEMBER_TYPES = reader_module._MEMBER_TYPES
+
+
+def reference(index, rows: list, base: int, after: int):
+    """What reader.served makes of ``rows`` on the pure path, or the error it raises."""
+    try:
+        return [m for m in index.members(rows, base) if m.end > after]
+    except TartapeError as err:
+        return type(err), str(err)
+
+
+def test_members_of_the_hard_tree_are_the_reference_ones(hard_tape):
+    """PAX names, links, owners, non-UTF-8 names: C makes the rows it takes exactly as the
+    index does, and leaves the rest (None) to it."""
+    index = hard_tape.recording._index
+    rows = index.rows_between(0, hard_tape.total_size - 1024, hard_tape.start)
+    for lo in range(0, len(rows), 3):
+        part = rows[lo : lo + 5]
+        made = _native.members(part, hard_tape.start, hard_tape.prefix, 0, MEMBER_TYPES)
+        assert made is None or made == reference(index, part, hard_tape.start, 0)
+    plain = [r for r in rows if r[2] in (0, 5)]  # files and folders: always made in C
+    assert _native.members(plain, hard_tape.start, hard_tape.prefix, 0, MEMBER_TYPES) == reference(
+        index, plain, hard_tape.start, 0)
+
+
+JUNK = st.sampled_from([None, -1, 0, 1, 1 << 63, -(1 << 63), 1 << 70, 2.5, "x", b"", b"a", b"..", b"/a", b"a\0b",
+                        b"a/../b", b"a..b", 100, 5, 2, 1, True])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(column=st.integers(0, 15), value=JUNK, base=st.sampled_from([0, 512]), after=st.integers(-1, 3000),
+       prefix=st.sampled_from([b"", b"p", b"p" * 90]))
+def test_members_of_damaged_rows_are_the_reference_ones_or_left_to_it(tmp_path_factory, column, value, base, after,
+                                                                       prefix):
+    """A row with any column replaced by junk: C makes the reference's members, or gives
+    None and the reference decides (its error, or members it checked further)."""
+    src = tmp_path_factory.mktemp("junk") / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"x" * 600)
+    index_path = str(src.parent / "i.db")
+    with record(src, index_path=index_path) as tape:
+        index = tape.recording._index
+        rows = [list(r) for r in index.rows_between(0, tape.total_size - 1024)]
+        rows[1][column] = value
+        rows = [tuple(r) for r in rows]
+        made = _native.members(rows, base, prefix, after, MEMBER_TYPES)
+        saved, index.prefix = index.prefix, prefix
+        try:
+            want = reference(index, rows, base, after)
+        finally:
+            index.prefix = saved
+        assert made is None or made == want
+
+
+def test_members_refuses_what_is_not_a_list_of_rows():
+    with pytest.raises(TypeError):
+        _native.members((), 0, b"", 0, MEMBER_TYPES)
+    assert _native.members([("not a row",)], 0, b"", 0, MEMBER_TYPES) is None
+
+
+def test_rows_fetched_in_c_are_the_rows_python_s_sqlite3_gives(hard_tape):
+    index, start = hard_tape.recording._index, hard_tape.start
+    stop = hard_tape.total_size - 1024
+    edges = sorted({m.offset for m in hard_tape.members()} | {m.body_offset for m in hard_tape.members()})
+    for offset in edges + [1, 511, 513, stop - 1]:
+        for n in (1, 512, 4096, 1 << 20):
+            end = min(offset + n, stop)
+            assert index.native_rows.fetch(start, offset, end) == index.rows_between(offset, end, start)
+
+
+@pytest.mark.parametrize("forge", FORGERIES, ids=lambda f: f.__name__)
+def test_a_forged_index_stops_both_streams_after_the_same_events(tmp_path, forge):
+    """The forgeries of test_hostile_index.py: a text column is left to Python's sqlite3
+    (fetch gives None), an odd row to the index's checks; the same error. As for reads
+    (test_native_read.py), the pure path's window of rows may meet the damage a block
+    earlier: its events are then the first of the compiled path's."""
+    src = build_small_tree(tmp_path)
+    index = tmp_path / "index.db"
+    record(src, index_path=str(index)).close()
+    forge(index)
+    with Tape.open(str(index)) as tape:
+        for start, chunk in ((0, 1 << 20), (0, 700), (513, 1 << 20)):
+            pure, compiled = both(tape, start, chunk)
+            assert compiled[-1] == pure[-1] and compiled[-1][0] is IndexCorruptError
+            assert compiled[: len(pure) - 1] == pure[:-1]
+        if forge in (text_size, text_header_size):
+            assert tape.index.native_rows.fetch(tape.start, 0, tape.total_size - 1024) is None
+
