@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import NamedTuple
 
 from . import format as fmt
@@ -68,19 +70,26 @@ class TapePlayer:
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, not {chunk_size}")
         footer = total - len(fmt.FOOTER)
+        own = not hasattr(self.tape, "read")
         with self._reader() as reader:
-            blocks = _Blocks(reader, chunk_size)
-            pos = start_offset
-            while pos < footer:
-                member = blocks.member_at(pos)
-                if pos == member.offset:
-                    # The common case: members lying whole in the block, one batch of events.
-                    events, pos = blocks.whole_members(pos, footer)
-                    if events:
-                        yield from events
-                        continue
-                yield from self._member(blocks, member, pos, chunk_size)
-                pos = member.end
+            # Reading ahead in a thread pays only where the read runs without the GIL (the
+            # compiled loop) and a block holds many members; never over a caller's source.
+            ahead = own and native.module is not None and chunk_size >= _AHEAD_FROM
+            blocks = _Blocks(reader, chunk_size, footer, ahead)
+            try:
+                pos = start_offset
+                while pos < footer:
+                    member = blocks.member_at(pos)
+                    if pos == member.offset:
+                        # The common case: members lying whole in the block, one batch of events.
+                        events, pos = blocks.whole_members(pos, footer)
+                        if events:
+                            yield from events
+                            continue
+                    yield from self._member(blocks, member, pos, chunk_size)
+                    pos = member.end
+            finally:
+                blocks.close()  # before the reader closes: a read ahead may still be running
             yield TapeEvent(FILE_DATA, data=bytes(total - max(start_offset, footer)))
             yield TapeEvent(TAPE_COMPLETED)
 
@@ -112,6 +121,7 @@ class TapePlayer:
         )
 
 
+_AHEAD_FROM = 64 << 10  # bytes: smaller blocks cost more to hand between threads than they save
 _new = tuple.__new__  # a NamedTuple made without its Python __new__: half the cost per event
 _KINDS = (TapeEvent, EventMetadata, FILE_START, FILE_DATA, FILE_END)  # what the compiled batch makes
 
@@ -122,9 +132,12 @@ class _Blocks:
     are cut out of the block at member boundaries. The members come with the block
     (the reader's ``served``): the stream never looks one up in the index itself."""
 
-    def __init__(self, reader: TapeReader, chunk_size: int) -> None:
+    def __init__(self, reader: TapeReader, chunk_size: int, footer: int, ahead: bool = False) -> None:
         self._c = native.module  # None: the pure-Python path
         self._reader = reader
+        self._footer = footer
+        self._pool = ThreadPoolExecutor(1, "tartapefs-read-ahead") if ahead else None
+        self._ahead: tuple[int, Future] | None = None
         self._size = chunk_size
         self._block = b""
         self._start = 0
@@ -188,8 +201,34 @@ class _Blocks:
         return events, pos, i
 
     def _load(self, start: int) -> None:
-        self._block = self._reader.read(start, self._size)
+        got = self._taken(start)
+        self._block, self._members = got if got is not None else self._read(start)
         self._start = start
-        self._members = self._reader.served
         self._starts = [m.offset for m in self._members]
         self._cursor = 0
+        if self._pool is not None:
+            # Where the stream loads next: at the block's end, or where the last member
+            # begins when the block cuts it (the loop reads such a member from its start).
+            end, last = start + len(self._block), self._members[-1] if self._members else None
+            following = last.offset if last is not None and last.end > end and last.offset > start else end
+            if following < self._footer:
+                self._ahead = following, self._pool.submit(self._read, following)
+
+    def _read(self, start: int) -> tuple[bytes, list[Member]]:
+        return self._reader.read(start, self._size), self._reader.served
+
+    def _taken(self, start: int) -> tuple[bytes, list[Member]] | None:
+        """The block read ahead if it starts at ``start`` (its error raised here, as the read
+        would raise it now), else None; a read ahead of another block is dropped."""
+        if self._ahead is None:
+            return None
+        (where, future), self._ahead = self._ahead, None
+        if where != start:
+            futures_wait([future])  # the reader is one thread's at a time
+            return None
+        return future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._ahead = None

@@ -14,6 +14,7 @@ import os
 import random
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,7 @@ def test_a_changed_source_stops_both_paths_after_the_same_events_with_the_same_e
             victim.unlink()
         else:
             victim.chmod(0o600)
+        # 64 KiB blocks: the error is met in a block read ahead (in a thread), raised when reached
         for start, chunk in ((0, 1 << 20), (0, 4096), (0, 1 << 16), (tape.locate("src/" + names[100]).offset, 1 << 20)):
             pure, compiled = both(tape, start, chunk)
             assert compiled == pure
@@ -296,3 +298,40 @@ def test_a_forged_index_stops_both_streams_after_the_same_events(tmp_path, forge
         if forge in (text_size, text_header_size):
             assert tape.index.native_rows.fetch(tape.start, 0, tape.total_size - 1024) is None
 
+
+# --- reading ahead ---------------------------------------------------------------------------
+
+
+def test_a_stream_read_ahead_and_abandoned_leaves_no_thread_and_no_descriptor(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(400):
+        (src / f"f{i:03}").write_bytes(content(b"%d" % i, 1000 + 31 * i))
+    with record(src, index_path=str(tmp_path / "i.db")) as tape:
+        before = len(os.listdir("/proc/self/fd"))
+        events = TapePlayer(tape).play(chunk_size=1 << 16)
+        for _, event in zip(range(500), events):
+            pass
+        assert event.type != "tape_completed"
+        assert any(t.name.startswith("tartapefs-read-ahead") for t in threading.enumerate())
+        events.close()
+        assert not any(t.name.startswith("tartapefs-read-ahead") for t in threading.enumerate())
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_reading_ahead_gives_the_events_reading_in_turn_gives(tmp_path, monkeypatch):
+    """Blocks that cut members, members longer than a block, starts inside members: where
+    the read ahead guessed another block than the stream then needs, it is dropped."""
+    rnd = random.Random(11)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02}").write_bytes(content(b"%d" % i, rnd.choice([10, 5000, 70_000, 200_000])))
+    with record(src, index_path=str(tmp_path / "i.db")) as tape:
+        starts = [0, 700, rnd.randrange(tape.total_size), tape.total_size - 1024]
+        for chunk in (1 << 16, 100_000):
+            ahead = [events_of(tape, start, chunk) for start in starts]
+            monkeypatch.setattr(stream_module, "_AHEAD_FROM", 1 << 62)
+            in_turn = [events_of(tape, start, chunk) for start in starts]
+            monkeypatch.undo()
+            assert ahead == in_turn
