@@ -44,18 +44,24 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as err:  # compiler or headers missing, or the compiler failed
-            self._skip(err)
+            if ext.name == "tartapefs._native":
+                self._skip(err)
+            elif not getattr(self, "_said", False):  # the pure path, said already, covers it
+                print(f"tartapefs: the sealing thread not built ({self._reason(err)}); encrypted "
+                      "archives are sealed in the serving thread", file=sys.stderr)
+
+    def _skip(self, err):
+        self._said = True
+        print(f"tartapefs: C extension not built ({self._reason(err)}); the pure-Python path will be used",
+              file=sys.stderr)
 
     @staticmethod
-    def _skip(err):
+    def _reason(err):
         if isinstance(err, str):
-            reason = err
-        elif isinstance(getattr(err, "cmd", None), list):  # the compiler ran and failed
-            reason = f"{err.cmd[0]} exited with status {err.returncode}"
-        else:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        print(f"tartapefs: C extension not built ({reason}); the pure-Python path will be used",
-              file=sys.stderr)
+            return err
+        if isinstance(getattr(err, "cmd", None), list):  # the compiler ran and failed
+            return f"{err.cmd[0]} exited with status {err.returncode}"
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 setup(
@@ -68,7 +74,13 @@ setup(
             define_macros=[("TT_SOURCE_HASH", '"%s"' % source_hash(Path(__file__).parent / "csrc"))],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fvisibility=hidden"],
-        )
+        ),
+        Extension(
+            "tartapefs._seal",  # age chunks sealed on a thread without the GIL (csrc/seal.c)
+            sources=["csrc/seal.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-fvisibility=hidden"],
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from . import age
 from .age import CHUNK, FILE_KEY, NONCE, TAG, Recipient, RecipientError, Stanza
-from .errors import IndexCorruptError, UsageError
+from .errors import IndexCorruptError, TartapeError, UsageError
 
 if TYPE_CHECKING:
     from .tape import Tape
@@ -224,6 +224,26 @@ def recorded_states(rows: dict[int, dict], recipients_text: str | None, tape_cou
     return states[0].recipients, states
 
 
+def _sealing_thread():
+    """``tartapefs._seal`` (csrc/seal.c: chunks sealed on a C thread that never takes the
+    GIL), or None: on the pure-Python path, without the extension, or without libcrypto."""
+    global _seal_module
+    if _seal_module is False:
+        from . import native
+        _seal_module = None
+        if native.module is not None:
+            try:
+                from . import _seal
+            except ImportError:
+                pass
+            else:
+                _seal_module = _seal
+    return _seal_module
+
+
+_seal_module = False  # not looked for yet
+
+
 class EncryptedReader:
     """Random access to the age encryption of a byte source. Not thread-safe: one per thread.
 
@@ -241,7 +261,8 @@ class EncryptedReader:
         self._header_size = len(state.header)
         self._prefix = state.header + state.payload_nonce  # the bytes before chunk 0
         self._chunks = age.chunk_count(self.plaintext_size)
-        aead = c.ChaCha20Poly1305(payload_key(state.file_key, state.payload_nonce))
+        self._key = payload_key(state.file_key, state.payload_nonce)
+        aead = c.ChaCha20Poly1305(self._key)
         self._encrypt = aead.encrypt
         # Sealing straight into the output buffer saves a copy a chunk (cryptography >= 45).
         self._encrypt_into = getattr(aead, "encrypt_into", None)
@@ -255,77 +276,94 @@ class EncryptedReader:
         sealing (a FUSE reply and ``write`` take it as it is). Raises what the wrapped reader
         raises, :class:`UsageError` for a negative offset or size, :class:`ShortReadError` if
         the wrapped reader returns fewer bytes than it holds."""
+        return self.begin_read(offset, size, threaded=False).result()
+
+    def begin_read(self, offset: int, size: int, *, threaded: bool = True) -> PendingRead:
+        """:meth:`read` in two steps, so that a server can answer other requests while the
+        chunks are sealed: the plaintext is read here (its errors are raised here), and the
+        sealing is queued on the sealing thread (``tartapefs._seal``) when there is one and
+        ``threaded``; else it is done here. Wait until ``fileno()`` of the result is readable
+        (None: nothing to wait for), then its ``result()`` is what :meth:`read` returns.
+        Reads begun together may finish in any order."""
         if offset < 0 or size < 0:
             raise UsageError(f"read: negative offset or size ({offset}, {size})")
         end = min(offset + size, self.total_size)
         if offset >= end:
-            return b""
+            return PendingRead(self, bytearray(), offset, {}, (), None)
         out = bytearray(end - offset)
         prefix = self._prefix
         if offset < len(prefix):
             out[:len(prefix) - offset] = prefix[offset:end]
         chunks = age.chunks_covering(offset, end - offset, self.plaintext_size, self._header_size)
-        if chunks:
-            self._fill(memoryview(out), offset, end, chunks.start, chunks.stop - 1)
-        return out
-
-    def _fill(self, out: memoryview, offset: int, end: int, first: int, last: int) -> None:
-        """Put the bytes of chunks first..last that lie in [offset, end) of the file into
-        ``out`` (which holds that range). A chunk the range covers whole is sealed straight
-        into ``out``; one it covers in part (only the first or the last can be) comes whole
-        from the cache, or is sealed aside, kept and copied in part: the next read in order
-        starts in it."""
-        header, cache = self._header_size, self._cache
+        if not chunks:
+            return PendingRead(self, out, offset, {}, (), None)
+        first, last = chunks.start, chunks.stop - 1
+        # A chunk the range covers whole is sealed straight into ``out``; one it covers in part
+        # (only the first or the last can be) comes whole from the cache, or is sealed aside,
+        # kept and copied in part: the next read in order starts in it.
         partial: dict[int, bytes | bytearray | None] = {}
         for index in {first, last}:
-            start = age.chunk_offset(index, header)
+            start = age.chunk_offset(index, self._header_size)
             if start < offset or start + self._sealed_size(index) > end:
-                partial[index] = cache.get(index)
+                partial[index] = self._cache.get(index)
                 if partial[index] is not None:
-                    cache.move_to_end(index)
+                    self._cache.move_to_end(index)
         seal_first = first + (partial.get(first) is not None)
         seal_last = last - (last != first and partial.get(last) is not None)
-        if seal_first <= seal_last:
-            for index, sealed in self._seal(out, offset, seal_first, seal_last, partial):
-                partial[index] = sealed
-                self._remember(index, sealed)
-        for index, sealed in partial.items():
-            start = age.chunk_offset(index, header)
-            lo, hi = max(offset, start), min(end, start + len(sealed))
-            out[lo - offset:hi - offset] = memoryview(sealed)[lo - start:hi - start]
+        if seal_first > seal_last:
+            return PendingRead(self, out, offset, partial, (), None)
+        plain = self._plaintext(seal_first, seal_last)
+        dests, aside = self._destinations(memoryview(out), offset, seal_first, seal_last, partial, len(plain))
+        sealing = _sealing_thread() if threaded else None
+        if sealing is not None:
+            job = sealing.start(self._key, seal_first, self._chunks - 1, plain, dests)
+            return PendingRead(self, out, offset, partial, aside, job)
+        self._seal(plain, seal_first, dests)
+        return PendingRead(self, out, offset, partial, aside, None)
 
     def _sealed_size(self, index: int) -> int:
         start, end = age.chunk_plaintext(index, self.plaintext_size)
         return end - start + TAG
 
-    def _seal(self, out: memoryview, offset: int, first: int, last: int, partial: dict
-              ) -> list[tuple[int, bytearray]]:
-        """Seal chunks first..last from one plaintext read: into ``out`` (which starts at file
-        offset ``offset``), or, for those in ``partial``, into buffers of their own, returned."""
+    def _plaintext(self, first: int, last: int) -> bytes | bytearray:
+        """The plaintext of chunks first..last, in one read of the wrapped reader."""
         start = first * CHUNK
         stop = age.chunk_plaintext(last, self.plaintext_size)[1]
         plain = self.plain.read(start, stop - start)
         if len(plain) != stop - start:
             raise ShortReadError(f"the byte source returned {len(plain)} of {stop - start} bytes "
                                  f"at offset {start} (size {self.plaintext_size})")
-        view, final, aside = memoryview(plain), self._chunks - 1, []
+        return plain
+
+    def _destinations(self, out: memoryview, offset: int, first: int, last: int, partial: dict,
+                      plain_size: int) -> tuple[list, list[tuple[int, bytearray]]]:
+        """Where each of chunks first..last is sealed: its place in ``out`` (which starts at
+        file offset ``offset``), or, for those in ``partial``, a buffer of its own (also
+        returned, with its chunk's index)."""
+        dests, aside = [], []
         pos = age.chunk_offset(first, self._header_size) - offset
         for index in range(first, last + 1):
-            a = (index - first) * CHUNK
-            data = view[a:a + CHUNK]
-            n = len(data) + TAG
+            n = min(CHUNK, plain_size - (index - first) * CHUNK) + TAG
             if index in partial:
                 dest = bytearray(n)
                 aside.append((index, dest))
+                dests.append(dest)
             else:
-                dest = out[pos:pos + n]
+                dests.append(out[pos:pos + n])
+            pos += n
+        return dests, aside
+
+    def _seal(self, plain, first: int, dests: list) -> None:
+        """Seal chunk first + i of ``plain`` into ``dests[i]``, here."""
+        view, final = memoryview(plain), self._chunks - 1
+        for i, dest in enumerate(dests):
+            index = first + i
+            data = view[i * CHUNK:(i + 1) * CHUNK]
             nonce = age.chunk_nonce(index, index == final)
             if self._encrypt_into is not None:
                 self._encrypt_into(nonce, data, None, dest)
             else:
                 dest[:] = self._encrypt(nonce, data, None)
-            pos += n
-        return aside
 
     def _remember(self, index: int, sealed: bytes | bytearray) -> None:
         if not self._cache_chunks:
@@ -346,6 +384,39 @@ class EncryptedReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PendingRead:
+    """A read :meth:`EncryptedReader.begin_read` began; dropping it unfinished waits for its
+    sealing to end (the buffers it writes stay alive until then)."""
+
+    def __init__(self, reader: EncryptedReader, out: bytearray, offset: int, partial: dict,
+                 aside, job) -> None:
+        self._reader, self._out, self._offset = reader, out, offset
+        self._partial, self._aside, self._job = partial, aside, job
+
+    def fileno(self) -> int | None:
+        """A descriptor readable once the sealing is done; None if it was done already."""
+        return None if self._job is None else self._job.fileno()
+
+    def result(self) -> bytearray | bytes:
+        """The bytes :meth:`EncryptedReader.read` gives (waiting for the sealing if needed):
+        once. :class:`~tartapefs.TartapeError` if libcrypto failed to seal."""
+        job, self._job = self._job, None
+        if job is not None:
+            try:
+                job.finish()
+            except RuntimeError as err:
+                raise TartapeError(f"sealing the age payload failed: {err}") from None
+        out, offset, reader, partial = self._out, self._offset, self._reader, self._partial
+        for index, sealed in self._aside:
+            partial[index] = sealed
+            reader._remember(index, sealed)
+        for index, sealed in partial.items():
+            start = age.chunk_offset(index, reader._header_size)
+            lo, hi = max(offset, start), min(offset + len(out), start + len(sealed))
+            out[lo - offset:hi - offset] = memoryview(sealed)[lo - start:hi - start]
+        return out if out else b""
 
 
 class EncryptedTape:

@@ -24,8 +24,11 @@ Rules this module keeps:
   when the last one is released: a thousand shards cost nothing until they
   are read, and handles keep reading what they opened even if the entry is
   replaced (:meth:`TapeFS.switch`). Handlers run as trio tasks on one thread
-  and never await while reading, so a source is used by one request at a
-  time, and the handles of one entry share it.
+  and never await inside a source's read, so a source is used by one request
+  at a time, and the handles of one entry share it. A source that seals on a
+  thread of its own (``begin_read``, encrypted archives) is awaited between
+  its two halves, each run whole on this thread: other requests, the next
+  reads of the same source among them, are answered meanwhile.
 * Nothing here knows the TAR format: bytes come from ``read(offset, size)``.
 """
 
@@ -39,6 +42,7 @@ import stat
 from typing import Any, Callable, Mapping, Sequence
 
 import pyfuse3
+import trio
 
 from . import notify
 from .bytesource import ByteSource
@@ -324,7 +328,17 @@ class TapeFS(pyfuse3.Operations):
         if served is None or served.source is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         expected = max(0, min(size, served.size - off))
-        data = served.source.read(off, size) if expected else b""
+        begin = getattr(served.source, "begin_read", None) if expected else None
+        if begin is not None:
+            # Sealed on another thread (encrypted archives): this thread answers the
+            # kernel's next requests meanwhile.
+            pending = begin(off, size)
+            fd = pending.fileno()
+            if fd is not None:
+                await trio.lowlevel.wait_readable(fd)
+            data = pending.result()
+        else:
+            data = served.source.read(off, size) if expected else b""
         if len(data) != expected:
             # Never pass a short read on: the kernel would take it as EOF.
             log.error(
