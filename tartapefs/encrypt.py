@@ -242,6 +242,7 @@ def _sealing_thread():
 
 
 _seal_module = False  # not looked for yet
+_THREAD_MIN = 4  # chunks a read seals from which they are sealed on the sealing thread
 
 
 class EncryptedReader:
@@ -314,7 +315,9 @@ class EncryptedReader:
             return PendingRead(self, out, offset, partial, (), None)
         plain = self._plaintext(seal_first, seal_last)
         dests, aside = self._destinations(memoryview(out), offset, seal_first, seal_last, partial, len(plain))
-        sealing = _sealing_thread() if threaded else None
+        # A read of a chunk or two (a random read) is sealed here: handing it to the thread
+        # costs a wake-up, which on a busy machine can take longer than the sealing.
+        sealing = _sealing_thread() if threaded and seal_last - seal_first >= _THREAD_MIN - 1 else None
         if sealing is not None:
             job = sealing.start(self._key, seal_first, self._chunks - 1, plain, dests)
             return PendingRead(self, out, offset, partial, aside, job)
