@@ -188,7 +188,7 @@ PyTypeObject tt_inserter_type = {
     .tp_basicsize = sizeof(tt_inserter_t),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Inserter(uri): member rows inserted into the index being written, on a connection of its own "
-              "(index.py's IndexWriter.compiled_inserts).",
+              "(indexwriter.py's IndexWriter.compiled_inserts).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)inserter_init,
     .tp_dealloc = (destructor)inserter_dealloc,
